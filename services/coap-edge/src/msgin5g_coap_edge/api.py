@@ -1,0 +1,224 @@
+"""The CoAP resources of MSGin5G-1 (msgin5g.md section 5).
+
+One path-capable root resource serves ``/reg``, ``/reg/{ueSvcId}``, ``/msg`` and
+``/inbox/{ueSvcId}`` (with Observe). Errors are 4.xx/5.xx responses whose diagnostic payload
+is ``CAUSE: detail`` (text, RFC 7252 section 5.5.2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from aiocoap import Message, interfaces, resource
+from aiocoap.numbers.codes import Code
+from aiocoap.numbers.contentformat import ContentFormat
+
+from msgin5g_common import header as h
+from msgin5g_common.errors import (
+    COAP_CODE,
+    Cause,
+    InvalidDocument,
+    Msgin5gError,
+    PayloadTooLarge,
+    UnsupportedContentFormat,
+)
+from msgin5g_common.uplink import Reply, UplinkHandler
+
+log = logging.getLogger("msgin5g.coap_edge")
+
+JSON = ContentFormat.JSON
+# A document is its payload plus the header fields; anything far above is refused unparsed.
+HEADER_ALLOWANCE = 4096
+
+
+class NotFound(Msgin5gError):
+    cause = Cause.UNKNOWN_RECIPIENT
+
+
+class MethodNotAllowed(Exception):
+    pass
+
+
+def coap_code(cause: Cause) -> Code:
+    cls, detail = COAP_CODE[cause]
+    return Code(cls << 5 | detail)
+
+
+def error_message(cause: Cause, detail: str) -> Message:
+    return Message(code=coap_code(cause), payload=f"{cause.value}: {detail}".encode())
+
+
+def json_message(code: Code, payload: bytes) -> Message:
+    return Message(code=code, payload=payload, content_format=JSON)
+
+
+class Observers:
+    """The live Observe relations on ``/inbox/{ueSvcId}`` of this replica, per UE."""
+
+    def __init__(self, on_last_gone: Callable[[str], None]) -> None:
+        self._by_ue: dict[str, set[object]] = {}
+        self._on_last_gone = on_last_gone
+
+    def add(self, ue: str, observation: object) -> Callable[[], None]:
+        self._by_ue.setdefault(ue, set()).add(observation)
+
+        def cancel() -> None:
+            group = self._by_ue.get(ue)
+            if group is None:
+                return
+            group.discard(observation)
+            if not group:
+                del self._by_ue[ue]
+                self._on_last_gone(ue)
+
+        return cancel
+
+    def of(self, ue: str) -> list[object]:
+        return list(self._by_ue.get(ue, ()))
+
+    def ues(self) -> list[str]:
+        return list(self._by_ue)
+
+    def count(self) -> int:
+        return sum(len(v) for v in self._by_ue.values())
+
+
+class CoapApi(resource.Resource, interfaces.ObservableResource, resource.PathCapable):  # type: ignore[misc]
+    def __init__(self, handler: UplinkHandler, max_payload: int, notification_bytes: int) -> None:
+        super().__init__()
+        self.handler = handler
+        self.max_payload = max_payload
+        self.notification_bytes = notification_bytes
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.observers = Observers(self._detach_later)
+
+    # -- aiocoap entry points ------------------------------------------------------------------
+
+    async def needs_blockwise_assembly(self, request: Message) -> bool:
+        return True
+
+    async def add_observation(self, request: Message, serverobservation: object) -> None:
+        path = request.opt.uri_path
+        if len(path) == 2 and path[0] == "inbox" and h.valid_id(path[1]):
+            cancel = self.observers.add(path[1], serverobservation)
+            serverobservation.accept(cancel)  # type: ignore[attr-defined]
+
+    async def render(self, request: Message) -> Message:
+        try:
+            return await self._route(request)
+        except MethodNotAllowed:
+            return Message(code=Code.METHOD_NOT_ALLOWED)
+        except Msgin5gError as err:
+            return error_message(err.cause, err.detail)
+        except Exception:
+            log.exception("request failed", extra={"path": "/".join(request.opt.uri_path)})
+            return error_message(Cause.INTERNAL_ERROR, "internal error")
+
+    # -- routing -------------------------------------------------------------------------------
+
+    async def _route(self, request: Message) -> Message:
+        path = request.opt.uri_path
+        code = request.code
+        match path:
+            case ("reg",):
+                _expect(code, Code.POST)
+                return await self._register(request)
+            case ("reg", ue):
+                _expect(code, Code.DELETE)
+                return await self._deregister(_path_id(ue))
+            case ("msg",):
+                _expect(code, Code.POST)
+                return await self._uplink(request)
+            case ("inbox", ue):
+                _expect(code, Code.GET)
+                return await self._inbox(_path_id(ue), request.opt.observe == 0)
+        raise NotFound(f"no resource /{'/'.join(path)}")
+
+    def _decode(self, request: Message) -> h.Uplink:
+        fmt = request.opt.content_format
+        if fmt is not None and fmt != JSON:
+            raise UnsupportedContentFormat(f"Content-Format {int(fmt)}: only 50 (application/json)")
+        if len(request.payload) > self.max_payload + HEADER_ALLOWANCE:
+            raise PayloadTooLarge(f"document of {len(request.payload)} bytes")
+        return h.decode_uplink(request.payload, max_payload=self.max_payload)
+
+    async def _register(self, request: Message) -> Message:
+        doc = self._decode(request)
+        if not isinstance(doc, h.Reg):
+            raise InvalidDocument("msgType: /reg takes REG")
+        reply = await self.handler.register(doc)
+        response = self._reply_message(reply, Code.CREATED)
+        if reply.cause is None:
+            response.opt.location_path = ("reg", doc.ue_svc_id)
+        return response
+
+    async def _deregister(self, ue: str) -> Message:
+        return self._reply_message(await self.handler.deregister(ue), Code.DELETED)
+
+    async def _uplink(self, request: Message) -> Message:
+        doc = self._decode(request)
+        if isinstance(doc, h.Reg | h.Dereg):
+            raise InvalidDocument(f"msgType: {type(doc).__name__.upper()} goes to /reg")
+        return self._reply_message(await self.handler.handle(doc), Code.CHANGED)
+
+    async def _inbox(self, ue: str, observe: bool) -> Message:
+        if observe:
+            # Observing is showing up: this replica now serves the UE's downlink.
+            await self.handler.attach(ue, flush=False)
+        docs = await self.handler.inbox(ue)
+        return json_message(Code.CONTENT, self.render_inbox(docs))
+
+    def render_inbox(self, docs: list[h.Msg | h.Imdn]) -> bytes:
+        """A JSON array of documents, cut to what fits one notification (at least one)."""
+        items: list[bytes] = []
+        size = 2
+        for doc in docs:
+            item = h.encode(doc)
+            if items and size + len(item) + 1 > self.notification_bytes:
+                break
+            items.append(item)
+            size += len(item) + 1
+        return b"[" + b",".join(items) + b"]"
+
+    def _reply_message(self, reply: Reply, success: Code) -> Message:
+        if reply.cause is not None:
+            return error_message(reply.cause, reply.detail)
+        if reply.doc is None:
+            return Message(code=success)
+        return json_message(success, h.encode(reply.doc))
+
+    # -- downlink ------------------------------------------------------------------------------
+
+    def notify(self, ue: str, docs: list[h.Msg | h.Imdn]) -> bool:
+        """Sends the UE's inbox to each of its observers; False when it has none here."""
+        observations = self.observers.of(ue)
+        if not observations:
+            return False
+        payload = self.render_inbox(docs)
+        for observation in observations:
+            observation.trigger(json_message(Code.CONTENT, payload))  # type: ignore[attr-defined]
+        return True
+
+    def _detach_later(self, ue: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._detach(ue))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _detach(self, ue: str) -> None:
+        try:
+            await self.handler.detach(ue)
+        except Exception:
+            log.warning("detach failed", extra={"ueSvcId": ue}, exc_info=True)
+
+
+def _expect(code: Code, method: Code) -> None:
+    if code != method:
+        raise MethodNotAllowed
+
+
+def _path_id(value: str) -> str:
+    if not h.valid_id(value):
+        raise InvalidDocument("path: ueSvcId must be 1-128 characters of [A-Za-z0-9._~@:+-]")
+    return value

@@ -1,0 +1,77 @@
+"""Composition root of mqtt-edge: the broker bridge, EdgeService and heartbeat."""
+
+from __future__ import annotations
+
+import asyncio
+
+from redis.asyncio import Redis
+
+from msgin5g.v1 import common_pb2 as pb
+from msgin5g.v1 import edge_pb2 as epb
+from msgin5g.v1 import edge_pb2_grpc as egrpc
+from msgin5g_common import convert, service
+from msgin5g_common import header as h
+from msgin5g_common.edges import Heartbeat, default_edge_id
+from msgin5g_common.grpcutil import Context, GrpcServer, host_of
+from msgin5g_common.keys import Keys
+from msgin5g_common.uplink import UplinkHandler
+from msgin5g_mqtt_edge.bridge import MqttBridge
+from msgin5g_mqtt_edge.settings import MqttEdgeSettings
+
+
+class EdgeServicer(egrpc.EdgeServiceServicer):
+    def __init__(self, bridge: MqttBridge) -> None:
+        self.bridge = bridge
+
+    async def Deliver(  # noqa: N802 - gRPC method names are the proto's
+        self, request: epb.DeliverRequest, context: Context
+    ) -> epb.DeliverResponse:
+        for doc in request.docs:
+            payload = h.encode(convert.downlink_from_pb(doc))
+            if not await self.bridge.publish(request.ue_svc_id, payload):
+                return epb.DeliverResponse(forwarded=False)
+        return epb.DeliverResponse(forwarded=True)
+
+
+async def serve(settings: MqttEdgeSettings, stop: asyncio.Event) -> None:
+    edge_id = settings.edge_id or default_edge_id("mqtt")
+    edge = pb.EdgeRef(kind=pb.EDGE_KIND_MQTT, edge_id=edge_id)
+    handler = UplinkHandler(
+        settings.registry_addr, settings.router_addr, edge, settings.grpc_timeout
+    )
+    bridge = MqttBridge(settings, handler, edge_id)
+
+    redis = Redis.from_url(settings.redis_url)
+    await redis.ping()
+    grpc_server = GrpcServer(["msgin5g.v1.EdgeService"])
+    grpc_server.add(lambda s: egrpc.add_EdgeServiceServicer_to_server(EdgeServicer(bridge), s))
+    grpc_port = await grpc_server.start(settings.edge_grpc_bind)
+    advertise = settings.edge_advertise_addr or f"{host_of(settings.edge_grpc_bind)}:{grpc_port}"
+
+    await bridge.start()
+    # Ready means the broker subscription is in place; until then stop still works.
+    connected = asyncio.create_task(bridge.connected.wait())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait([connected, stopping], return_when=asyncio.FIRST_COMPLETED)
+    heartbeat = Heartbeat(
+        redis,
+        Keys(settings.redis_prefix),
+        "mqtt",
+        edge_id,
+        advertise,
+        settings.edge_heartbeat_interval,
+    )
+    if not stop.is_set():
+        await heartbeat.start()
+        service.ready(
+            mqtt=f"mqtt://{settings.mqtt_host}:{settings.mqtt_port}",
+            grpc=advertise,
+            edge_id=edge_id,
+        )
+        await stop.wait()
+    connected.cancel()
+    await heartbeat.stop()
+    await bridge.stop()
+    await grpc_server.stop()
+    await handler.close()
+    await redis.aclose()

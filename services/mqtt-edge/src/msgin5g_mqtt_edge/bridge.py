@@ -1,0 +1,170 @@
+"""MSGin5G-1 over MQTT (msgin5g.md section 6): the uplink subscription and the downlink publisher.
+
+Uplink arrives on ``<prefix>/up/<ueSvcId>`` through a shared subscription, so that every
+document is handled by exactly one replica. The topic names the sender (the broker's ACLs
+make it trustworthy), and the document must name the same UE. Documents of one UE are handled
+in order by one worker; different UEs in parallel. Every answer and every downlink document
+goes to ``<prefix>/ue/<ueSvcId>`` with QoS 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import zlib
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from msgin5g_common import header as h
+from msgin5g_common.errors import InvalidDocument, Msgin5gError, NotAuthorized, PayloadTooLarge
+from msgin5g_common.uplink import Reply, UplinkHandler, failure_reply
+from msgin5g_mqtt_edge.settings import MqttEdgeSettings
+
+log = logging.getLogger("msgin5g.mqtt_edge")
+
+HEADER_ALLOWANCE = 4096
+RECONNECT_MIN, RECONNECT_MAX = 0.2, 10.0
+
+
+class MqttBridge:
+    def __init__(self, settings: MqttEdgeSettings, handler: UplinkHandler, edge_id: str) -> None:
+        self.settings = settings
+        self.handler = handler
+        self.prefix = settings.mqtt_prefix.rstrip("/")
+        self.client_id = f"msgin5g-edge-{edge_id}"
+        self.client: aiomqtt.Client | None = None
+        self.connected = asyncio.Event()
+        self._queues: list[asyncio.Queue[aiomqtt.Message]] = [
+            asyncio.Queue(maxsize=1000) for _ in range(max(1, settings.mqtt_workers))
+        ]
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def downlink_topic(self, ue: str) -> str:
+        return f"{self.prefix}/ue/{ue}"
+
+    async def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._worker(q)) for q in self._queues]
+        self._tasks.append(asyncio.create_task(self._run()))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # -- connection ----------------------------------------------------------------------------
+
+    def _new_client(self) -> aiomqtt.Client:
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = self.settings.mqtt_session_expiry
+        s = self.settings
+        return aiomqtt.Client(
+            s.mqtt_host,
+            s.mqtt_port,
+            username=s.mqtt_username or None,
+            password=s.mqtt_password or None,
+            identifier=self.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            keepalive=s.mqtt_keepalive,
+            # Resume the session after a reconnect: uplink queued meanwhile is not lost.
+            clean_start=False,
+            properties=props,
+            logger=logging.getLogger("msgin5g.mqtt_edge.client"),
+        )
+
+    async def _run(self) -> None:
+        """Connects, subscribes and reads uplink; reconnects with back-off, forever."""
+        delay = RECONNECT_MIN
+        uplink = f"$share/{self.settings.mqtt_share_group}/{self.prefix}/up/#"
+        while True:
+            try:
+                async with self._new_client() as client:
+                    await client.subscribe(uplink, qos=1)
+                    self.client = client
+                    self.connected.set()
+                    log.info("broker connected", extra={"subscription": uplink})
+                    delay = RECONNECT_MIN
+                    async for message in client.messages:
+                        await self._queue_for(message).put(message)
+            except aiomqtt.MqttError as exc:
+                log.warning("broker connection lost", extra={"error": str(exc), "retryIn": delay})
+            finally:
+                self.client = None
+                self.connected.clear()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX)
+
+    def _queue_for(self, message: aiomqtt.Message) -> asyncio.Queue[aiomqtt.Message]:
+        index = zlib.crc32(message.topic.value.encode()) % len(self._queues)
+        return self._queues[index]
+
+    # -- uplink --------------------------------------------------------------------------------
+
+    async def _worker(self, queue: asyncio.Queue[aiomqtt.Message]) -> None:
+        while True:
+            message = await queue.get()
+            try:
+                await self.handle(message.topic.value, _payload_bytes(message.payload))
+            except Exception:
+                log.exception("uplink failed", extra={"topic": message.topic.value})
+
+    def topic_identity(self, topic: str) -> str | None:
+        """The UE an uplink topic names (``<prefix>/up/<ueSvcId>[/...]``), or None."""
+        head = f"{self.prefix}/up/"
+        if not topic.startswith(head):
+            return None
+        ue = topic[len(head) :].split("/", 1)[0]
+        return ue if h.valid_id(ue) else None
+
+    async def handle(self, topic: str, payload: bytes) -> None:
+        ue = self.topic_identity(topic)
+        if ue is None:
+            log.warning("uplink on an unusable topic", extra={"topic": topic})
+            return
+        reply = await self._serve(ue, payload)
+        if reply.doc is not None:
+            await self.publish(ue, h.encode(reply.doc))
+
+    async def _serve(self, ue: str, payload: bytes) -> Reply:
+        try:
+            if len(payload) > self.settings.max_payload + HEADER_ALLOWANCE:
+                raise PayloadTooLarge(f"document of {len(payload)} bytes")
+            doc = h.decode_uplink(payload, max_payload=self.settings.max_payload)
+            named = h.sender_of(doc)
+            if named != ue:
+                raise NotAuthorized(f"the document names {named}, the topic {ue}")
+        except Msgin5gError as err:
+            log.info(
+                "uplink refused",
+                extra={"ueSvcId": ue, "cause": err.cause.value, "detail": err.detail},
+            )
+            return failure_reply(payload, err)
+        try:
+            return await self.handler.handle(doc)
+        except InvalidDocument as err:
+            return failure_reply(payload, err)
+
+    # -- downlink ------------------------------------------------------------------------------
+
+    async def publish(self, ue: str, payload: bytes) -> bool:
+        client = self.client
+        if client is None:
+            return False
+        try:
+            await client.publish(self.downlink_topic(ue), payload, qos=1, timeout=10)
+        except aiomqtt.MqttError as exc:
+            log.warning("downlink publish failed", extra={"ueSvcId": ue, "error": str(exc)})
+            return False
+        return True
+
+
+def _payload_bytes(payload: object) -> bytes:
+    if isinstance(payload, bytes | bytearray):
+        return bytes(payload)
+    if isinstance(payload, str):
+        return payload.encode()
+    return str(payload).encode()

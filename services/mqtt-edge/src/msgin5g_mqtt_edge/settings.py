@@ -1,0 +1,21 @@
+"""mqtt-edge settings (``MSGIN5G_*`` environment variables)."""
+
+from __future__ import annotations
+
+from msgin5g_common.settings import EdgeSettings
+
+
+class MqttEdgeSettings(EdgeSettings):
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = 1883
+    mqtt_username: str = ""
+    mqtt_password: str = ""
+    # Topic prefix of MSGin5G-1 (msgin5g.md section 6).
+    mqtt_prefix: str = "msgin5g"
+    # MQTT 5 shared-subscription group of the uplink: every replica joins the same group.
+    mqtt_share_group: str = "msgin5g-edge"
+    # Seconds the broker keeps this replica's session (and queued uplink) across reconnects.
+    mqtt_session_expiry: int = 3600
+    mqtt_keepalive: int = 30
+    # Uplink documents handled in parallel (documents of one UE stay in order).
+    mqtt_workers: int = 32

@@ -1,0 +1,86 @@
+"""RegistryService over gRPC, for the edges."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from msgin5g.v1 import common_pb2 as pb
+from msgin5g.v1 import registry_pb2 as rpb
+from msgin5g.v1 import registry_pb2_grpc as rgrpc
+from msgin5g_common.grpcutil import Context
+from msgin5g_registry.settings import RegistrySettings
+from msgin5g_registry.store import RegistryStore, UeRecord
+
+log = logging.getLogger("msgin5g.registry")
+
+TRANSPORT_NAME = {pb.EDGE_KIND_COAP: "coap", pb.EDGE_KIND_MQTT: "mqtt"}
+TRANSPORT_KIND = {v: k for k, v in TRANSPORT_NAME.items()}
+MODE_NAME = {pb.DELIVERY_MODE_PUSH: "push"}
+
+
+def _ts(ms: int) -> Timestamp:
+    ts = Timestamp()
+    ts.FromMilliseconds(ms)
+    return ts
+
+
+def ue_info(record: UeRecord) -> rpb.UeInfo:
+    info = rpb.UeInfo(ue_svc_id=record.ue_svc_id, known=record.known)
+    reg = record.registration
+    if reg is not None:
+        info.registered = True
+        info.transport = TRANSPORT_KIND.get(reg.transport, pb.EDGE_KIND_UNSPECIFIED)
+        info.lifetime = reg.lifetime
+        info.registered_at.CopyFrom(_ts(reg.registered_at_ms))
+        info.expires_at.CopyFrom(_ts(reg.expires_at_ms))
+        info.bc_area = reg.bc_area
+        info.delivery_mode = (
+            pb.DELIVERY_MODE_PUSH if reg.delivery_mode == "push" else pb.DELIVERY_MODE_OBSERVE
+        )
+        if reg.max_seg_size is not None:
+            info.max_seg_size = reg.max_seg_size
+    return info
+
+
+class RegistryServicer(rgrpc.RegistryServiceServicer):
+    def __init__(self, store: RegistryStore, settings: RegistrySettings) -> None:
+        self.store = store
+        self.settings = settings
+
+    async def Register(  # noqa: N802 - gRPC method names are the proto's
+        self, request: rpb.RegisterRequest, context: Context
+    ) -> rpb.RegisterResponse:
+        if request.edge.kind not in TRANSPORT_NAME:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "edge.kind is required")
+        lifetime = request.lifetime or 86400
+        lifetime = max(self.settings.min_lifetime, min(lifetime, self.settings.max_lifetime))
+        reg = await self.store.register(
+            request.ue_svc_id,
+            transport=TRANSPORT_NAME[request.edge.kind],
+            lifetime=lifetime,
+            bc_area=request.bc_area,
+            delivery_mode=MODE_NAME.get(request.delivery_mode, "observe"),
+            max_seg_size=request.max_seg_size if request.HasField("max_seg_size") else None,
+        )
+        log.info(
+            "registered",
+            extra={"ueSvcId": reg.ue_svc_id, "transport": reg.transport, "lifetime": lifetime},
+        )
+        return rpb.RegisterResponse(
+            ue_svc_id=reg.ue_svc_id, lifetime=lifetime, expires_at=_ts(reg.expires_at_ms)
+        )
+
+    async def Deregister(  # noqa: N802
+        self, request: rpb.DeregisterRequest, context: Context
+    ) -> rpb.DeregisterResponse:
+        was = await self.store.deregister(request.ue_svc_id)
+        log.info("deregistered", extra={"ueSvcId": request.ue_svc_id, "wasRegistered": was})
+        return rpb.DeregisterResponse(was_registered=was)
+
+    async def GetUe(  # noqa: N802
+        self, request: rpb.GetUeRequest, context: Context
+    ) -> rpb.UeInfo:
+        return ue_info(await self.store.get(request.ue_svc_id))

@@ -1,0 +1,153 @@
+"""Downlink dispatch: finds the edge replica that serves a UE and pushes its documents there.
+
+The route lease names the replica; an MQTT UE can be served by any live mqtt-edge (the broker
+holds its session), so a dead MQTT replica is replaced by a live one. When no replica can take
+the documents they simply stay stored until the UE shows up again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+
+import grpc
+
+from msgin5g.v1 import common_pb2 as pb
+from msgin5g.v1 import edge_pb2 as epb
+from msgin5g.v1 import edge_pb2_grpc as egrpc
+from msgin5g_common.grpcutil import channel
+from msgin5g_router.domain import address_key
+from msgin5g_router.store import Route, RouterStore
+
+log = logging.getLogger("msgin5g.router.dispatch")
+
+COAP, MQTT = "coap", "mqtt"
+
+
+class EdgeClients:
+    """One gRPC channel per edge address, reused across calls."""
+
+    def __init__(self) -> None:
+        self._stubs: dict[str, tuple[grpc.aio.Channel, egrpc.EdgeServiceAsyncStub]] = {}
+
+    def stub(self, address: str) -> egrpc.EdgeServiceAsyncStub:
+        entry = self._stubs.get(address)
+        if entry is None:
+            ch = channel(address)
+            entry = (ch, egrpc.EdgeServiceStub(ch))
+            self._stubs[address] = entry
+        return entry[1]
+
+    async def forget(self, address: str) -> None:
+        entry = self._stubs.pop(address, None)
+        if entry is not None:
+            await entry[0].close()
+
+    async def close(self) -> None:
+        for ch, _ in self._stubs.values():
+            await ch.close()
+        self._stubs.clear()
+
+
+class Dispatcher:
+    def __init__(
+        self, store: RouterStore, clients: EdgeClients, inbox_limit: int, timeout: float
+    ) -> None:
+        self.store = store
+        self.clients = clients
+        self.inbox_limit = inbox_limit
+        self.timeout = timeout
+        # One dispatch at a time per UE keeps the per-recipient order on the wire.
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, ue: str, new_refs: list[str] | None = None) -> None:
+        """Dispatches in the background (the caller has already answered its client)."""
+        task = asyncio.create_task(self._dispatch_quietly(ue, new_refs))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _dispatch_quietly(self, ue: str, new_refs: list[str] | None) -> None:
+        await self.dispatch(ue, new_refs)
+
+    async def drain(self) -> None:
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=self.timeout)
+
+    async def resolve(self, ue: str) -> tuple[Route, str] | None:
+        """The live replica serving the UE and its gRPC address, or None."""
+        route = await self.store.route(ue)
+        if route is not None:
+            address = await self.store.edge_address(route.kind, route.edge_id)
+            if address is not None:
+                return route, address
+        kind = route.kind if route is not None else await self.store.registered_transport(ue)
+        if kind != MQTT:
+            return None
+        for edge_id in await self.store.live_edges(MQTT):
+            address = await self.store.edge_address(MQTT, edge_id)
+            if address is not None:
+                return Route(MQTT, edge_id), address
+        return None
+
+    async def dispatch(self, ue: str, new_refs: list[str] | None = None) -> bool:
+        """Sends the UE its pending documents; ``new_refs`` limits MQTT to the new ones
+        (None: everything pending, as on a re-attach). True when they left for the UE."""
+        try:
+            async with self._serialized(ue):
+                return await self._dispatch(ue, new_refs)
+        except Exception:
+            log.exception("dispatch failed", extra={"ueSvcId": ue})
+            return False
+
+    @asynccontextmanager
+    async def _serialized(self, ue: str) -> AsyncIterator[None]:
+        """A per-UE lock that exists only while someone holds or awaits it."""
+        lock, users = self._locks.get(ue, (asyncio.Lock(), 0))
+        self._locks[ue] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[ue]
+            if users == 1:
+                del self._locks[ue]
+            else:
+                self._locks[ue] = (lock, users - 1)
+
+    async def _dispatch(self, ue: str, new_refs: list[str] | None) -> bool:
+        target = await self.resolve(ue)
+        if target is None:
+            return False
+        route, address = target
+        snapshot = route.kind == COAP
+        pairs, _ = await self.store.inbox(ue, self.inbox_limit if snapshot else None)
+        if not snapshot and new_refs is not None:
+            wanted = set(new_refs)
+            pairs = [p for p in pairs if p[0] in wanted]
+        if not pairs:
+            return False
+        docs = [pb.Downlink.FromString(d) for _, d in pairs]
+        try:
+            reply = await self.clients.stub(address).Deliver(
+                epb.DeliverRequest(ue_svc_id=ue, docs=docs, snapshot=snapshot), timeout=self.timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            log.warning(
+                "edge unreachable",
+                extra={"ueSvcId": ue, "edge": route.edge_id, "code": exc.code().name},
+            )
+            await self.clients.forget(address)
+            return False
+        if reply.forwarded:
+            await self._mark(ue, docs, "FORWARDED")
+        return bool(reply.forwarded)
+
+    async def _mark(self, ue: str, docs: Iterable[pb.Downlink], state: str) -> None:
+        rcpt = f"UE:{ue}"
+        for doc in docs:
+            if doc.WhichOneof("doc") == "msg":
+                ori = doc.msg.ori_addr
+                await self.store.set_state(address_key(ori), doc.msg.msg_id, rcpt, state)

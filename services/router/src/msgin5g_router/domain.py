@@ -1,0 +1,55 @@
+"""Pure routing rules of the router: no Redis, no gRPC."""
+
+from __future__ import annotations
+
+from msgin5g.v1 import common_pb2 as pb
+
+# Inbox order: HIGH, then MIDDLE (and unspecified), then LOW; within one priority by arrival.
+_RANK: dict[int, int] = {
+    pb.PRIORITY_HIGH: 0,
+    pb.PRIORITY_MIDDLE: 1,
+    pb.PRIORITY_UNSPECIFIED: 1,
+    pb.PRIORITY_LOW: 2,
+}
+_SEQ_BITS = 40
+
+ADDR_TYPE_NAME = {
+    pb.ADDR_TYPE_UE: "UE",
+    pb.ADDR_TYPE_AS: "AS",
+    pb.ADDR_TYPE_GROUP: "GROUP",
+    pb.ADDR_TYPE_TOPIC: "TOPIC",
+    pb.ADDR_TYPE_BC: "BC",
+}
+
+FINAL_STATES = ("DELIVERED", "EXPIRED", "FAILED")
+
+
+def priority_rank(priority: int) -> int:
+    return _RANK.get(priority, 1)
+
+
+def inbox_score(priority: int, seq: int) -> int:
+    """Sorted-set score: priority rank in the high bits, arrival sequence in the low bits
+    (exact in a double up to 2**53, i.e. 2**40 documents per inbox)."""
+    return (priority_rank(priority) << _SEQ_BITS) + seq
+
+
+def address_key(addr: pb.Address) -> str:
+    """``UE:ue-1``: how an address names a message record's owner and an inbox entry."""
+    return f"{ADDR_TYPE_NAME.get(addr.addr_type, 'UNSPECIFIED')}:{addr.addr}"
+
+
+def msg_ref(ori: pb.Address, msg_id: str) -> str:
+    """The inbox entry of a MSG: unique per (originator, msgId)."""
+    return f"MSG/{address_key(ori)}/{msg_id}"
+
+
+def ref_msg_id(ref: str) -> str:
+    return ref.rsplit("/", 1)[1]
+
+
+def ack_refs(msg_id: str, ori: pb.Address | None) -> str:
+    """The ref an acknowledgement names, or a suffix to match when it gives no originator."""
+    if ori is not None and ori.addr:
+        return msg_ref(ori, msg_id)
+    return f"/{msg_id}"

@@ -1,0 +1,169 @@
+"""RouterService over gRPC: acceptance, acknowledgement, attach/detach and inbox reads."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import grpc
+
+from msgin5g.v1 import common_pb2 as pb
+from msgin5g.v1 import router_pb2 as rpb
+from msgin5g.v1 import router_pb2_grpc as rgrpc
+from msgin5g_common.errors import Cause
+from msgin5g_common.grpcutil import Context
+from msgin5g_router import domain
+from msgin5g_router.dispatch import COAP, MQTT, Dispatcher
+from msgin5g_router.settings import RouterSettings
+from msgin5g_router.store import RouterStore
+
+log = logging.getLogger("msgin5g.router")
+
+KIND_NAME = {pb.EDGE_KIND_COAP: COAP, pb.EDGE_KIND_MQTT: MQTT}
+RESULT = {
+    "ACCEPTED": pb.MSG_RESULT_ACCEPTED,
+    "STORED": pb.MSG_RESULT_STORED,
+    "DELIVERED": pb.MSG_RESULT_DELIVERED,
+    "FAILED": pb.MSG_RESULT_FAILED,
+}
+
+
+def _failed(msg_id: str, cause: Cause, detail: str) -> rpb.SubmitMessageResponse:
+    return rpb.SubmitMessageResponse(
+        msg_id=msg_id, result=pb.MSG_RESULT_FAILED, failure_cause=cause.value, failure_detail=detail
+    )
+
+
+class RouterServicer(rgrpc.RouterServiceServicer):
+    def __init__(
+        self, store: RouterStore, dispatcher: Dispatcher, settings: RouterSettings
+    ) -> None:
+        self.store = store
+        self.dispatcher = dispatcher
+        self.settings = settings
+        self.lease_ms = settings.route_lease_ttl * 1000
+
+    async def _edge_kind(self, edge: pb.EdgeRef, context: Context) -> str:
+        kind = KIND_NAME.get(edge.kind)
+        if kind is None or not edge.edge_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "edge kind and id are required")
+        assert kind is not None
+        return kind
+
+    async def _touch(self, ue: str, kind: str, edge_id: str, flush: bool) -> None:
+        """Refreshes the UE's lease on this replica; re-sends its pending documents when the
+        lease moved (or on an explicit wake-up)."""
+        changed = await self.store.touch_route(ue, kind, edge_id, self.lease_ms)
+        if changed or flush:
+            self.dispatcher.spawn(ue)
+
+    async def SubmitMessage(  # noqa: N802 - gRPC method names are the proto's
+        self, request: rpb.SubmitMessageRequest, context: Context
+    ) -> rpb.SubmitMessageResponse:
+        msg = request.message
+        kind = await self._edge_kind(request.edge, context)
+        if msg.ori_addr.addr_type != pb.ADDR_TYPE_UE:
+            return _failed(msg.msg_id, Cause.INVALID_REQUEST, "oriAddr: a UE sends over MSGin5G-1")
+        if msg.dest_addr.addr_type != pb.ADDR_TYPE_UE:
+            name = domain.ADDR_TYPE_NAME.get(msg.dest_addr.addr_type, "?")
+            return _failed(
+                msg.msg_id, Cause.INVALID_REQUEST, f"destAddr.addrType {name} is not served yet"
+            )
+        ori_ue, rcpt_ue = msg.ori_addr.addr, msg.dest_addr.addr
+        registered, known, _ = await self.store.check_parties(ori_ue, rcpt_ue)
+        if not registered:
+            return _failed(msg.msg_id, Cause.NOT_REGISTERED, f"UE {ori_ue} is not registered")
+        await self._touch(ori_ue, kind, request.edge.edge_id, flush=False)
+        if not known:
+            return _failed(msg.msg_id, Cause.UNKNOWN_RECIPIENT, f"UE {rcpt_ue} is not known")
+
+        now = time.time()
+        expires = now + self.settings.default_expiry
+        if msg.sto_and_fw_params.HasField("expr_time"):
+            expires = msg.sto_and_fw_params.expr_time.ToMilliseconds() / 1000
+            if expires <= now:
+                return _failed(msg.msg_id, Cause.EXPIRED, "stoAndFwParams.exprTime is in the past")
+        ttl_ms = int((expires - now + self.settings.state_retention) * 1000)
+
+        ori_key = domain.address_key(msg.ori_addr)
+        rcpt_key = domain.address_key(msg.dest_addr)
+        ref = domain.msg_ref(msg.ori_addr, msg.msg_id)
+        doc = pb.Downlink(msg=msg).SerializeToString()
+        created, earlier = await self.store.accept(ori_key, msg.msg_id, doc, rcpt_key, ttl_ms)
+        # Enqueue also on a duplicate: it repairs a record whose enqueue a crash interrupted.
+        await self.store.enqueue(rcpt_ue, ref, doc, domain.priority_rank(msg.priority))
+        if not created:
+            log.info("duplicate", extra={"msgId": msg.msg_id, "ori": ori_key, "outcome": earlier})
+            return rpb.SubmitMessageResponse(
+                msg_id=msg.msg_id,
+                result=RESULT.get(earlier, pb.MSG_RESULT_ACCEPTED),
+                failure_cause=Cause.DUPLICATE.value,
+            )
+        reachable = await self.dispatcher.resolve(rcpt_ue) is not None
+        outcome = "ACCEPTED" if reachable else "STORED"
+        await self.store.set_outcome(ori_key, msg.msg_id, outcome)
+        if not reachable:
+            await self.store.set_state(ori_key, msg.msg_id, rcpt_key, "STORED")
+        log.info(
+            "accepted",
+            extra={"msgId": msg.msg_id, "ori": ori_key, "rcpt": rcpt_key, "outcome": outcome},
+        )
+        if reachable:
+            self.dispatcher.spawn(rcpt_ue, [ref])
+        return rpb.SubmitMessageResponse(msg_id=msg.msg_id, result=RESULT[outcome])
+
+    async def Acknowledge(  # noqa: N802
+        self, request: rpb.AcknowledgeRequest, context: Context
+    ) -> rpb.AcknowledgeResponse:
+        ue = request.ue_svc_id
+        kind = await self._edge_kind(request.edge, context)
+        await self._touch(ue, kind, request.edge.edge_id, flush=False)
+        ori = request.ori_addr if request.HasField("ori_addr") else None
+        acked = await self.store.ack(
+            ue, domain.ack_refs(request.msg_id, ori), exact=ori is not None
+        )
+        if not acked.matched:
+            return rpb.AcknowledgeResponse(matched=False)
+        doc = pb.Downlink.FromString(acked.doc)
+        if doc.WhichOneof("doc") == "msg":
+            failed = request.result == pb.MSG_RESULT_FAILED
+            await self.store.set_state(
+                domain.address_key(doc.msg.ori_addr),
+                doc.msg.msg_id,
+                f"UE:{ue}",
+                "FAILED" if failed else "DELIVERED",
+                request.failure_cause if failed else "",
+            )
+        log.info("delivered", extra={"msgId": request.msg_id, "ueSvcId": ue, "ref": acked.ref})
+        if kind == COAP and acked.remaining >= self.dispatcher.inbox_limit:
+            # The acknowledgement made room in the bounded inbox view: show the next document.
+            self.dispatcher.spawn(ue)
+        return rpb.AcknowledgeResponse(matched=True)
+
+    async def Attach(  # noqa: N802
+        self, request: rpb.AttachRequest, context: Context
+    ) -> rpb.AttachResponse:
+        kind = await self._edge_kind(request.edge, context)
+        await self._touch(request.ue_svc_id, kind, request.edge.edge_id, flush=request.flush)
+        return rpb.AttachResponse()
+
+    async def Detach(  # noqa: N802
+        self, request: rpb.DetachRequest, context: Context
+    ) -> rpb.DetachResponse:
+        await self.store.detach_route(request.ue_svc_id, request.edge.edge_id)
+        return rpb.DetachResponse()
+
+    async def RenewLeases(  # noqa: N802
+        self, request: rpb.RenewLeasesRequest, context: Context
+    ) -> rpb.RenewLeasesResponse:
+        await self.store.renew_routes(list(request.ue_svc_ids), request.edge.edge_id, self.lease_ms)
+        return rpb.RenewLeasesResponse()
+
+    async def GetInbox(  # noqa: N802
+        self, request: rpb.GetInboxRequest, context: Context
+    ) -> rpb.GetInboxResponse:
+        limit = min(request.limit or self.settings.inbox_limit, self.settings.inbox_limit)
+        pairs, pending = await self.store.inbox(request.ue_svc_id, limit)
+        return rpb.GetInboxResponse(
+            docs=[pb.Downlink.FromString(d) for _, d in pairs], pending=pending
+        )
