@@ -371,8 +371,10 @@ def _msg(f: _Fields, max_payload: int) -> Msg:
 
 
 def _msgresp(f: _Fields, max_payload: int) -> MsgResp:
-    msg_id = f.msg_id()
     result = f.enum("result", MsgResult, required=True)
+    # The server refuses a document whose msgId it could not read with an empty msgId.
+    msg_id = "" if result is MsgResult.FAILED and f.obj.get("msgId") == "" else f.msg_id()
+    f.seen.add("msgId")
     cause = f.get("failureCause", str)
     ue = f.ident("ueSvcId", required=False)
     ori = f.address("oriAddr")
@@ -641,9 +643,10 @@ def encode_list(docs: list[Document]) -> bytes:
     return json.dumps([to_json(d) for d in docs], separators=(",", ":")).encode()
 
 
-def failure_response(raw: bytes | str, cause: str, detail: str) -> Document:
+def failure_response(raw: bytes | str, cause: str, detail: str, sender: str = "") -> Document:
     """The response a failed uplink document gets: the ``*RESP`` matching its ``msgType``
-    (``MSGRESP`` when the type cannot be told), naming what identifiers it could read."""
+    (``MSGRESP`` when the type cannot be told), naming what identifiers it could read;
+    ``sender`` (the UE the transport vouches for) stands in for an unreadable ``ueSvcId``."""
     obj: dict[str, Any] = {}
     try:
         parsed = json.loads(raw)
@@ -656,7 +659,7 @@ def failure_response(raw: bytes | str, cause: str, detail: str) -> Document:
         value = obj.get(key)
         return value if isinstance(value, str) else ""
 
-    ue = text("ueSvcId")
+    ue = text("ueSvcId") if valid_id(text("ueSvcId")) else sender
     match obj.get("msgType"):
         case "REG":
             return RegResp(ue, Result.FAILURE, cause, failure_detail=detail)

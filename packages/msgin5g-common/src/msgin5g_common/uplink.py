@@ -146,6 +146,7 @@ class UplinkHandler:
         )
 
 
-def failure_reply(raw: bytes | str, err: Msgin5gError) -> Reply:
+def failure_reply(raw: bytes | str, err: Msgin5gError, sender: str = "") -> Reply:
     """The reply to a document that failed before reaching a backend."""
-    return Reply(h.failure_response(raw, err.cause.value, err.detail), err.cause, err.detail)
+    doc = h.failure_response(raw, err.cause.value, err.detail, sender)
+    return Reply(doc, err.cause, err.detail)

@@ -142,11 +142,11 @@ class MqttBridge:
                 "uplink refused",
                 extra={"ueSvcId": ue, "cause": err.cause.value, "detail": err.detail},
             )
-            return failure_reply(payload, err)
+            return failure_reply(payload, err, ue)
         try:
             return await self.handler.handle(doc)
         except InvalidDocument as err:
-            return failure_reply(payload, err)
+            return failure_reply(payload, err, ue)
 
     # -- downlink ------------------------------------------------------------------------------
 
