@@ -49,11 +49,7 @@ class CoapUe:
         await self.close()
 
     async def close(self) -> None:
-        if self._observer is not None:
-            self._observer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._observer
-            self._observer = None
+        await self.stop_observing()
         if self._context is not None:
             await self._context.shutdown()
             self._context = None
@@ -173,6 +169,14 @@ class CoapUe:
 
         self._observer = asyncio.create_task(run())
         await asyncio.wait_for(asyncio.shield(established), self.timeout)
+
+    async def stop_observing(self) -> None:
+        """Ends the background observation (documents already received stay queued)."""
+        if self._observer is not None:
+            self._observer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._observer
+            self._observer = None
 
     async def receive(self) -> DownlinkDoc:
         """The next document the application has not seen (needs :meth:`start_observing`)."""

@@ -218,6 +218,8 @@ class _Fields:
             raise InvalidDocument(f"{self._name(key)}: wrong type, expected {_kind_name(kind)}")
         if not isinstance(value, kind):
             raise InvalidDocument(f"{self._name(key)}: wrong type, expected {_kind_name(kind)}")
+        if isinstance(value, str) and not _is_text(value):
+            raise InvalidDocument(f"{self._name(key)}: not valid Unicode text (lone surrogate)")
         return value
 
     def ident(self, key: str, *, required: bool = True) -> str | None:
@@ -279,6 +281,14 @@ class _Fields:
         unknown = sorted(set(self.obj) - self.seen)
         if unknown:
             raise InvalidDocument(f"{self._name(unknown[0])}: unknown field")
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
@@ -370,10 +380,12 @@ def _msg(f: _Fields, max_payload: int) -> Msg:
     )
 
 
-def _msgresp(f: _Fields, max_payload: int) -> MsgResp:
+def _msgresp(f: _Fields, max_payload: int, *, from_server: bool = False) -> MsgResp:
     result = f.enum("result", MsgResult, required=True)
-    # The server refuses a document whose msgId it could not read with an empty msgId.
-    msg_id = "" if result is MsgResult.FAILED and f.obj.get("msgId") == "" else f.msg_id()
+    # The server refuses a document whose msgId it could not read with an empty msgId;
+    # a UE's acknowledgement always names one.
+    unreadable = from_server and result is MsgResult.FAILED and f.obj.get("msgId") == ""
+    msg_id = "" if unreadable else f.msg_id()
     f.seen.add("msgId")
     cause = f.get("failureCause", str)
     ue = f.ident("ueSvcId", required=False)
@@ -430,11 +442,19 @@ _UPLINK: dict[str, Callable[[_Fields, int], Uplink]] = {
 _DOWNLINK_ONLY = ("REGRESP", "DEREGRESP", "SUBRESP", "UNSUBRESP")
 
 
-def _parse_object(data: bytes | str) -> dict[str, Any]:
+def _load(data: bytes | str) -> Any:
+    """Parses JSON; every way it can fail is an invalid document (a hostile nesting depth
+    included, which the parser reports as RecursionError)."""
     try:
-        obj = json.loads(data)
+        return json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidDocument(f"not a JSON document: {exc}") from None
+    except RecursionError:
+        raise InvalidDocument("not a JSON document: nested too deeply") from None
+
+
+def _parse_object(data: bytes | str) -> dict[str, Any]:
+    obj = _load(data)
     if not isinstance(obj, dict):
         raise InvalidDocument("the document must be a JSON object")
     return obj
@@ -481,6 +501,7 @@ def _result_resp(kind: str) -> Callable[[_Fields, int], Document]:
 
 _ANY: dict[str, Callable[[_Fields, int], Any]] = {
     **_UPLINK,
+    "MSGRESP": lambda f, max_payload: _msgresp(f, max_payload, from_server=True),
     **{kind: _result_resp(kind) for kind in _DOWNLINK_ONLY},
 }
 
@@ -492,10 +513,7 @@ def decode_any(data: bytes | str, *, max_payload: int = 1 << 20) -> Document:
 
 def decode_downlink_list(data: bytes | str) -> list[Document]:
     """Decodes an inbox: a JSON array of downlink documents."""
-    try:
-        items = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidDocument(f"not a JSON document: {exc}") from None
+    items = _load(data)
     if not isinstance(items, list):
         raise InvalidDocument("an inbox is a JSON array")
     return [_decode_object(_require_object(item), 1 << 20, _ANY) for item in items]
@@ -649,10 +667,10 @@ def failure_response(raw: bytes | str, cause: str, detail: str, sender: str = ""
     ``sender`` (the UE the transport vouches for) stands in for an unreadable ``ueSvcId``."""
     obj: dict[str, Any] = {}
     try:
-        parsed = json.loads(raw)
+        parsed = _load(raw)
         if isinstance(parsed, dict):
             obj = parsed
-    except (ValueError, UnicodeDecodeError):
+    except InvalidDocument:
         pass
 
     def text(key: str) -> str:
@@ -667,4 +685,5 @@ def failure_response(raw: bytes | str, cause: str, detail: str, sender: str = ""
             return DeregResp(ue, Result.FAILURE, cause, failure_detail=detail)
         case "SUB" | "UNSUB" as kind:
             return SubResp(ue, Result.FAILURE, cause, unsub=kind == "UNSUB", failure_detail=detail)
-    return MsgResp(text("msgId"), MsgResult.FAILED, cause, failure_detail=detail)
+    msg_id = text("msgId") if _MSG_ID_RE.fullmatch(text("msgId")) else ""
+    return MsgResp(msg_id, MsgResult.FAILED, cause, failure_detail=detail)

@@ -9,6 +9,7 @@ MQTT topics) stay in the edges.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -37,8 +38,15 @@ class Reply:
 
 class UplinkHandler:
     def __init__(
-        self, registry_addr: str, router_addr: str, edge: pb.EdgeRef, timeout: float
+        self,
+        registry_addr: str,
+        router_addr: str,
+        edge: pb.EdgeRef,
+        timeout: float,
+        observed: Callable[[str], bool] = lambda ue: False,
     ) -> None:
+        """``observed(ue)`` tells whether the UE holds an Observe relation on this replica."""
+        self.observed = observed
         self._registry_channel = channel(registry_addr)
         self._router_channel = channel(router_addr)
         self.registry: reggrpc.RegistryServiceAsyncStub = reggrpc.RegistryServiceStub(
@@ -89,7 +97,10 @@ class UplinkHandler:
         if doc.max_seg_size is not None:
             request.max_seg_size = doc.max_seg_size
         reply = await self.registry.Register(request, timeout=self.timeout)
-        await self.attach(doc.ue_svc_id, flush=True)
+        if self.edge.kind == pb.EDGE_KIND_MQTT or self.observed(doc.ue_svc_id):
+            # The UE can take its downlink through this replica right away: send it
+            # what it has not acknowledged.
+            await self.attach(doc.ue_svc_id, flush=True)
         return Reply(h.RegResp(doc.ue_svc_id, h.Result.SUCCESS, lifetime=reply.lifetime))
 
     async def deregister(self, ue: str) -> Reply:

@@ -17,8 +17,8 @@ import shutil
 import signal
 import socket
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Self
 
@@ -84,16 +84,12 @@ class Ports:
     mqtt_edge_grpc: int = 0
 
     def resolve(self) -> Ports:
-        """Picks the free ports now, so that a restarted process gets its old port back."""
-        return Ports(
-            coap=self.coap or free_port(socket.SOCK_DGRAM),
-            http=self.http or free_port(),
+        """Picks free ports for Redis and Mosquitto, which cannot bind port 0 themselves;
+        the services bind port 0 and report the port they got (see ``Stack.start_service``)."""
+        return replace(
+            self,
             mqtt=self.mqtt or free_port(),
             redis=self.redis or free_port(),
-            registry_grpc=self.registry_grpc or free_port(),
-            router_grpc=self.router_grpc or free_port(),
-            coap_edge_grpc=self.coap_edge_grpc or free_port(),
-            mqtt_edge_grpc=self.mqtt_edge_grpc or free_port(),
         )
 
     @classmethod
@@ -177,10 +173,13 @@ class Stack:
             "registry": f"{HOST}:{p.registry_grpc}",
             "router": f"{HOST}:{p.router_grpc}",
         }.get(name, "")
+        # A stable replica id, like a pod name: a restarted edge resumes its broker session.
         if name == "coap-edge":
             env["MSGIN5G_EDGE_GRPC_BIND"] = f"{HOST}:{p.coap_edge_grpc}"
+            env["MSGIN5G_EDGE_ID"] = "coap-edge-1"
         if name == "mqtt-edge":
             env["MSGIN5G_EDGE_GRPC_BIND"] = f"{HOST}:{p.mqtt_edge_grpc}"
+            env["MSGIN5G_EDGE_ID"] = "mqtt-edge-1"
         env.update(self.config.env)
         return {k: v for k, v in env.items() if v}
 
@@ -188,10 +187,25 @@ class Stack:
 
     async def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        await self.start_redis()
-        await self.start_mosquitto()
+        await self._with_free_port("redis", self.start_redis)
+        await self._with_free_port("mqtt", self.start_mosquitto)
         for name in SERVICES:
             await self.start_service(name)
+
+    async def _with_free_port(self, port: str, start: Callable[[], Awaitable[None]]) -> None:
+        """Starts a server on its picked port; when another process took that port in the
+        meantime, picks another (only for ports the configuration left to us)."""
+        for attempt in range(5):
+            try:
+                await start()
+            except StackError:
+                if getattr(self.config.ports, port) or attempt == 4:
+                    raise
+                name = "redis" if port == "redis" else "mosquitto"
+                await self.stop_process(name)
+                setattr(self.ports, port, free_port())
+            else:
+                return
 
     async def start_redis(self) -> None:
         redis_dir = self.data_dir / "redis"
@@ -237,7 +251,24 @@ class Stack:
         env = self.service_env(name)
         ready = await self._spawn(name, [sys.executable, "-m", module], env, _json_ready)
         self.listen[name] = ready
+        self._record_ports(name, ready)
         return ready
+
+    def _record_ports(self, name: str, listen: dict[str, Any]) -> None:
+        """Keeps the ports a service reported, so that a restart binds the same ones."""
+
+        def port(key: str) -> int:
+            return int(str(listen[key]).rsplit(":", 1)[1].rstrip("/"))
+
+        p = self.ports
+        if name == "registry":
+            p.registry_grpc, p.http = port("grpc"), port("http")
+        elif name == "router":
+            p.router_grpc = port("grpc")
+        elif name == "coap-edge":
+            p.coap_edge_grpc, p.coap = port("grpc"), port("coap")
+        elif name == "mqtt-edge":
+            p.mqtt_edge_grpc = port("grpc")
 
     async def stop_process(self, name: str, sig: int = signal.SIGTERM) -> int | None:
         """Stops one process (SIGTERM, or the signal given); returns its exit code."""

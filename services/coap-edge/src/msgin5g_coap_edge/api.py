@@ -75,6 +75,9 @@ class Observers:
 
         return cancel
 
+    def holds(self, ue: str) -> bool:
+        return ue in self._by_ue
+
     def of(self, ue: str) -> list[object]:
         return list(self._by_ue.get(ue, ()))
 

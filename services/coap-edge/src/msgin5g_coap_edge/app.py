@@ -56,6 +56,7 @@ async def serve(settings: CoapEdgeSettings, stop: asyncio.Event) -> None:
         settings.registry_addr, settings.router_addr, edge, settings.grpc_timeout
     )
     api = CoapApi(handler, settings.max_payload, settings.coap_notification_bytes)
+    handler.observed = api.observers.holds
 
     redis = Redis.from_url(settings.redis_url)
     await redis.ping()

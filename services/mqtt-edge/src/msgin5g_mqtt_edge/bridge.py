@@ -35,6 +35,7 @@ class MqttBridge:
         self.handler = handler
         self.prefix = settings.mqtt_prefix.rstrip("/")
         self.client_id = f"msgin5g-edge-{edge_id}"
+        self.uplink = f"$share/{settings.mqtt_share_group}/{self.prefix}/up/#"
         self.client: aiomqtt.Client | None = None
         self.connected = asyncio.Event()
         self._queues: list[asyncio.Queue[aiomqtt.Message]] = [
@@ -49,7 +50,19 @@ class MqttBridge:
         self._tasks = [asyncio.create_task(self._worker(q)) for q in self._queues]
         self._tasks.append(asyncio.create_task(self._run()))
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 5.0) -> None:
+        """Leaves the shared subscription (so that the broker stops handing this replica's
+        share of the uplink to a session nobody reads), finishes what is queued, stops."""
+        client = self.client
+        if client is not None:
+            try:
+                await client.unsubscribe(self.uplink, timeout=grace)
+            except aiomqtt.MqttError as exc:
+                log.warning("could not leave the shared subscription", extra={"error": str(exc)})
+        try:
+            await asyncio.wait_for(asyncio.gather(*(q.join() for q in self._queues)), grace)
+        except TimeoutError:
+            log.warning("stopping with uplink still queued")
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -79,7 +92,7 @@ class MqttBridge:
     async def _run(self) -> None:
         """Connects, subscribes and reads uplink; reconnects with back-off, forever."""
         delay = RECONNECT_MIN
-        uplink = f"$share/{self.settings.mqtt_share_group}/{self.prefix}/up/#"
+        uplink = self.uplink
         while True:
             try:
                 async with self._new_client() as client:
@@ -111,6 +124,8 @@ class MqttBridge:
                 await self.handle(message.topic.value, _payload_bytes(message.payload))
             except Exception:
                 log.exception("uplink failed", extra={"topic": message.topic.value})
+            finally:
+                queue.task_done()
 
     def topic_identity(self, topic: str) -> str | None:
         """The UE an uplink topic names (``<prefix>/up/<ueSvcId>[/...]``), or None."""

@@ -14,8 +14,11 @@ class MqttEdgeSettings(EdgeSettings):
     mqtt_prefix: str = "msgin5g"
     # MQTT 5 shared-subscription group of the uplink: every replica joins the same group.
     mqtt_share_group: str = "msgin5g-edge"
-    # Seconds the broker keeps this replica's session (and queued uplink) across reconnects.
-    mqtt_session_expiry: int = 3600
+    # Seconds the broker keeps this replica's session (and its queued share of the uplink)
+    # after a crash: long enough for a restart of the same replica (same edge id, e.g. the
+    # pod name), short because a replica that never returns holds its share until then.
+    # A graceful stop leaves the shared subscription first, so nothing is held.
+    mqtt_session_expiry: int = 60
     mqtt_keepalive: int = 30
     # Uplink documents handled in parallel (documents of one UE stay in order).
     mqtt_workers: int = 32

@@ -39,17 +39,21 @@ def address_key(addr: pb.Address) -> str:
     return f"{ADDR_TYPE_NAME.get(addr.addr_type, 'UNSPECIFIED')}:{addr.addr}"
 
 
+# Separates the parts of an inbox ref: a control character, in no msgId and no address.
+SEP = "\x1f"
+
+
 def msg_ref(ori: pb.Address, msg_id: str) -> str:
     """The inbox entry of a MSG: unique per (originator, msgId)."""
-    return f"MSG/{address_key(ori)}/{msg_id}"
+    return f"MSG{SEP}{address_key(ori)}{SEP}{msg_id}"
 
 
 def ref_msg_id(ref: str) -> str:
-    return ref.rsplit("/", 1)[1]
+    return ref.rsplit(SEP, 1)[1]
 
 
 def ack_refs(msg_id: str, ori: pb.Address | None) -> str:
     """The ref an acknowledgement names, or a suffix to match when it gives no originator."""
     if ori is not None and ori.addr:
         return msg_ref(ori, msg_id)
-    return f"/{msg_id}"
+    return f"{SEP}{msg_id}"

@@ -57,6 +57,14 @@ class RouterServicer(rgrpc.RouterServiceServicer):
         if changed or flush:
             self.dispatcher.spawn(ue)
 
+    async def _seen(self, ue: str, kind: str, edge_id: str) -> None:
+        """An uplink shows the UE is around. Over MQTT that makes it reachable through this
+        replica. Over CoAP only an Observe relation does (the edge attaches it), and a UE
+        may send through another replica than the one holding its observation: the lease
+        stays where the observation is."""
+        if kind == MQTT:
+            await self._touch(ue, kind, edge_id, flush=False)
+
     async def SubmitMessage(  # noqa: N802 - gRPC method names are the proto's
         self, request: rpb.SubmitMessageRequest, context: Context
     ) -> rpb.SubmitMessageResponse:
@@ -73,7 +81,7 @@ class RouterServicer(rgrpc.RouterServiceServicer):
         registered, known, _ = await self.store.check_parties(ori_ue, rcpt_ue)
         if not registered:
             return _failed(msg.msg_id, Cause.NOT_REGISTERED, f"UE {ori_ue} is not registered")
-        await self._touch(ori_ue, kind, request.edge.edge_id, flush=False)
+        await self._seen(ori_ue, kind, request.edge.edge_id)
         if not known:
             return _failed(msg.msg_id, Cause.UNKNOWN_RECIPIENT, f"UE {rcpt_ue} is not known")
 
@@ -117,8 +125,8 @@ class RouterServicer(rgrpc.RouterServiceServicer):
     ) -> rpb.AcknowledgeResponse:
         ue = request.ue_svc_id
         kind = await self._edge_kind(request.edge, context)
-        await self._touch(ue, kind, request.edge.edge_id, flush=False)
-        ori = request.ori_addr if request.HasField("ori_addr") else None
+        await self._seen(ue, kind, request.edge.edge_id)
+        ori = request.ori_addr if request.ori_addr.addr else None
         acked = await self.store.ack(
             ue, domain.ack_refs(request.msg_id, ori), exact=ori is not None
         )
