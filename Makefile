@@ -36,7 +36,7 @@ system-deps:
 	@missing=""; \
 	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	command -v mosquitto_pub >/dev/null || missing="$$missing mosquitto-clients"; \
-	command -v coap-client >/dev/null || missing="$$missing libcoap3-bin"; \
+	command -v coap-client-notls >/dev/null || missing="$$missing libcoap3-bin"; \
 	if [ -n "$$missing" ]; then \
 	  if command -v apt-get >/dev/null; then \
 	    echo "Installing$$missing with apt-get"; \

@@ -48,6 +48,14 @@ class CoapUe:
     ) -> None:
         await self.close()
 
+    def vanish(self) -> None:
+        """Drops the UDP socket without a word to the server, as a device that loses power or
+        its NAT binding does (for tests and simulations); the client is unusable afterwards."""
+        if self._context is None:
+            return
+        for interface in self._context.request_interfaces:
+            interface.token_interface.message_interface.transport.close()
+
     async def close(self) -> None:
         await self.stop_observing()
         if self._context is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any, Self
@@ -50,6 +51,8 @@ class MqttUe:
             password=password,
             protocol=aiomqtt.ProtocolVersion.V5,
             clean_start=clean_start,
+            # paho leaves Nagle on: every small publish would wait ~40 ms for an ACK.
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
         self._reader: asyncio.Task[None] | None = None
         # Answers (REGRESP, DEREGRESP, MSGRESP for our MSGs, ...) and downlink documents.

@@ -41,6 +41,8 @@ def configure(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # Library chatter below warnings is noise in an operator's log.
+    # Library chatter below warnings is noise in an operator's log (kept when debugging).
+    if root.level <= logging.DEBUG:
+        return
     for noisy in ("coap", "coap-server", "aiocoap", "asyncio", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -16,14 +16,22 @@ from msgin5g_common import logs
 log = logging.getLogger("msgin5g.service")
 
 
-def run(service: str, level: str, serve: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+def run(
+    service: str,
+    level: str,
+    serve: Callable[[asyncio.Event], Awaitable[None]],
+    *,
+    uvloop: bool = True,
+) -> None:
+    """Runs ``serve`` until SIGINT/SIGTERM; on uvloop (faster) unless ``uvloop`` is False."""
     logs.configure(service, level)
-    try:
-        import uvloop
+    if uvloop:
+        try:
+            import uvloop as fast_loop
 
-        uvloop.install()
-    except ImportError:
-        pass
+            fast_loop.install()
+        except ImportError:
+            pass
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -233,6 +233,8 @@ class Stack:
                     "allow_anonymous true",
                     "persistence false",
                     "max_queued_messages 100000",
+                    # Nagle adds ~40 ms per hop to small publishes (a MSG/MSGRESP took 87 ms).
+                    "set_tcp_nodelay true",
                     "log_dest stderr",
                     "log_type error",
                     "log_type warning",

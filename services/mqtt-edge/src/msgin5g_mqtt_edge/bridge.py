@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import zlib
 
 import aiomqtt
@@ -87,6 +88,8 @@ class MqttBridge:
             clean_start=False,
             properties=props,
             logger=logging.getLogger("msgin5g.mqtt_edge.client"),
+            # paho leaves Nagle on: every small publish would wait ~40 ms for an ACK.
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
 
     async def _run(self) -> None:

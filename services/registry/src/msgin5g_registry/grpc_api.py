@@ -11,6 +11,7 @@ from msgin5g.v1 import common_pb2 as pb
 from msgin5g.v1 import registry_pb2 as rpb
 from msgin5g.v1 import registry_pb2_grpc as rgrpc
 from msgin5g_common.grpcutil import Context
+from msgin5g_common.header import valid_id
 from msgin5g_registry.settings import RegistrySettings
 from msgin5g_registry.store import RegistryStore, UeRecord
 
@@ -53,6 +54,10 @@ class RegistryServicer(rgrpc.RegistryServiceServicer):
     async def Register(  # noqa: N802 - gRPC method names are the proto's
         self, request: rpb.RegisterRequest, context: Context
     ) -> rpb.RegisterResponse:
+        if not valid_id(request.ue_svc_id):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "ue_svc_id is not a UE Service ID"
+            )
         if request.edge.kind not in TRANSPORT_NAME:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "edge.kind is required")
         lifetime = request.lifetime or 86400

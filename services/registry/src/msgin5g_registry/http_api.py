@@ -5,6 +5,7 @@ Errors are RFC 9457 ProblemDetails (``application/problem+json``) with a ``cause
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import UTC, datetime
 from typing import Annotated
@@ -19,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from msgin5g_common.errors import Cause
 from msgin5g_registry.store import RegistryStore, UeRecord
 
+READY_TIMEOUT = 0.5
 UE_ID_PATTERN = r"^[A-Za-z0-9._~@:+\-]{1,128}$"
 _UE_ID_RE = re.compile(UE_ID_PATTERN)
 
@@ -174,8 +176,9 @@ def create_app(store: RegistryStore, redis: Redis) -> FastAPI:
     )
     async def readyz(request: Request) -> JSONResponse:
         try:
-            await redis.ping()
-        except Exception as exc:  # any Redis failure means not ready
+            # Bounded: a probe must get its 503 quickly, not after redis-py's retries.
+            await asyncio.wait_for(redis.ping(), READY_TIMEOUT)
+        except Exception as exc:  # any Redis failure (or slowness) means not ready
             return problem(
                 503, "Service Unavailable", f"redis: {exc}", Cause.OVERLOADED, request.url.path
             )

@@ -97,9 +97,13 @@ class RouterServicer(rgrpc.RouterServiceServicer):
         rcpt_key = domain.address_key(msg.dest_addr)
         ref = domain.msg_ref(msg.ori_addr, msg.msg_id)
         doc = pb.Downlink(msg=msg).SerializeToString()
-        created, earlier = await self.store.accept(ori_key, msg.msg_id, doc, rcpt_key, ttl_ms)
-        # Enqueue also on a duplicate: it repairs a record whose enqueue a crash interrupted.
-        await self.store.enqueue(rcpt_ue, ref, doc, domain.priority_rank(msg.priority))
+        created, earlier, finished = await self.store.accept(
+            ori_key, msg.msg_id, doc, rcpt_key, ttl_ms
+        )
+        if not finished:
+            # Also on a duplicate that is still under way: it repairs a record whose enqueue
+            # a crash interrupted (the enqueue is idempotent).
+            await self.store.enqueue(rcpt_ue, ref, doc, domain.priority_rank(msg.priority))
         if not created:
             log.info("duplicate", extra={"msgId": msg.msg_id, "ori": ori_key, "outcome": earlier})
             return rpb.SubmitMessageResponse(

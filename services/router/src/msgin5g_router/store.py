@@ -20,11 +20,17 @@ from msgin5g_common.keys import Keys
 
 _ACCEPT = """
 if redis.call('HSETNX', KEYS[1], 'doc', ARGV[1]) == 0 then
-  return {0, redis.call('HGET', KEYS[1], 'outcome') or ''}
+  local st = redis.call('HGET', KEYS[1], 'st:' .. ARGV[4])
+  local final = 0
+  if st then
+    local state = cjson.decode(st).state
+    if state == 'DELIVERED' or state == 'EXPIRED' or state == 'FAILED' then final = 1 end
+  end
+  return {0, redis.call('HGET', KEYS[1], 'outcome') or '', final}
 end
 redis.call('HSET', KEYS[1], 'acceptedAt', ARGV[2], 'rcpt', ARGV[4], 'st:' .. ARGV[4], ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return {1, ''}
+return {1, '', 0}
 """
 
 _ENQUEUE = """
@@ -52,12 +58,14 @@ redis.call('ZREM', KEYS[1], ref)
 return {1, redis.call('ZCARD', KEYS[1]), ref, doc}
 """
 
+# States only move forward: ACCEPTED < STORED < FORWARDED < a final state. A late STORED
+# (written after a dispatch already forwarded) or any change after the end is ignored.
 _SET_STATE = """
+local rank = {ACCEPTED = 0, STORED = 1, FORWARDED = 2, DELIVERED = 3, EXPIRED = 3, FAILED = 3}
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur then return 0 end
 local st = cjson.decode(cur)
-if st.state == 'DELIVERED' or st.state == 'EXPIRED' or st.state == 'FAILED' then return 0 end
-if st.state == ARGV[2] then return 0 end
+if (rank[ARGV[2]] or 0) <= (rank[st.state] or 0) then return 0 end
 st.state = ARGV[2]
 st.times[ARGV[2]] = tonumber(ARGV[3])
 if ARGV[4] ~= '' then st.cause = ARGV[4] end
@@ -139,14 +147,15 @@ class RouterStore:
 
     async def accept(
         self, ori: str, msg_id: str, doc: bytes, rcpt: str, ttl_ms: int
-    ) -> tuple[bool, str]:
-        """Creates the record unless it exists: (created, outcome of the earlier copy)."""
+    ) -> tuple[bool, str, bool]:
+        """Creates the record unless it exists: (created, outcome of the earlier copy, whether
+        the earlier copy has reached a final state for ``rcpt``)."""
         now = now_ms()
         state = json.dumps({"state": "ACCEPTED", "times": {"ACCEPTED": now}})
-        created, outcome = await self._accept(
+        created, outcome, final = await self._accept(
             keys=[self.keys.message(ori, msg_id)], args=[doc, now, ttl_ms, rcpt, state]
         )
-        return bool(created), _text(outcome) or ""
+        return bool(created), _text(outcome) or "", bool(final)
 
     async def set_outcome(self, ori: str, msg_id: str, outcome: str) -> None:
         await self.redis.hset(self.keys.message(ori, msg_id), "outcome", outcome)
@@ -182,6 +191,8 @@ class RouterStore:
 
     async def inbox(self, ue: str, limit: int | None) -> tuple[list[tuple[str, bytes]], int]:
         """The first ``limit`` pending documents (all when None) and how many are pending."""
+        if limit is not None and limit <= 0:
+            return [], int(await self.redis.zcard(self.keys.inbox(ue)))
         stop = -1 if limit is None else limit - 1
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zrange(self.keys.inbox(ue), 0, stop)

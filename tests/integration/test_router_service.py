@@ -1,0 +1,140 @@
+"""Duplicate suppression of the RouterService (msgin5g.md 8.2) against a real Redis, through
+a real gRPC channel: what the store's accept and enqueue scripts add up to."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import pytest_asyncio
+from redis.asyncio import Redis
+
+from msgin5g.v1 import common_pb2 as pb
+from msgin5g.v1 import router_pb2 as rpb
+from msgin5g.v1 import router_pb2_grpc as rgrpc
+from msgin5g_common.grpcutil import GrpcServer, channel
+from msgin5g_common.keys import Keys
+from msgin5g_registry.store import RegistryStore
+from msgin5g_router.dispatch import Dispatcher, EdgeClients
+from msgin5g_router.grpc_api import RouterServicer
+from msgin5g_router.settings import RouterSettings
+from msgin5g_router.store import RouterStore
+
+KEYS = Keys("m5g")
+SENDER, RECIPIENT = "ue-sender", "ue-recipient"
+EDGE = pb.EdgeRef(kind=pb.EDGE_KIND_COAP, edge_id="coap-edge-1")
+
+
+def ue_addr(addr: str) -> pb.Address:
+    return pb.Address(addr_type=pb.ADDR_TYPE_UE, addr=addr)
+
+
+def submit(msg_id: str) -> rpb.SubmitMessageRequest:
+    return rpb.SubmitMessageRequest(
+        message=pb.Message(
+            msg_id=msg_id,
+            ori_addr=ue_addr(SENDER),
+            dest_addr=ue_addr(RECIPIENT),
+            payload="hello",
+            priority=pb.PRIORITY_MIDDLE,
+        ),
+        edge=EDGE,
+    )
+
+
+def ack(msg_id: str) -> rpb.AcknowledgeRequest:
+    return rpb.AcknowledgeRequest(
+        ue_svc_id=RECIPIENT,
+        msg_id=msg_id,
+        ori_addr=ue_addr(SENDER),
+        result=pb.MSG_RESULT_DELIVERED,
+        edge=EDGE,
+    )
+
+
+@pytest_asyncio.fixture
+async def router(redis: Redis) -> AsyncIterator[rgrpc.RouterServiceAsyncStub]:
+    """RouterService on a real grpc.aio server, wired as app.py wires it. The sender is
+    registered and the recipient only provisioned: with no route lease and no edge alive,
+    every message stays stored (nothing is dispatched)."""
+    registry = RegistryStore(redis, KEYS)
+    await registry.register(SENDER, transport="coap", lifetime=600)
+    await registry.provision(RECIPIENT)
+
+    settings = RouterSettings()
+    store = RouterStore(redis, KEYS)
+    clients = EdgeClients()
+    dispatcher = Dispatcher(store, clients, settings.inbox_limit, settings.grpc_timeout)
+    server = GrpcServer(["msgin5g.v1.RouterService"])
+    server.add(
+        lambda s: rgrpc.add_RouterServiceServicer_to_server(
+            RouterServicer(store, dispatcher, settings), s
+        )
+    )
+    port = await server.start("127.0.0.1:0")
+    ch = channel(f"127.0.0.1:{port}")
+    try:
+        yield rgrpc.RouterServiceStub(ch)
+    finally:
+        await ch.close()
+        await server.stop(grace=0)
+        await dispatcher.drain()
+        await clients.close()
+
+
+async def pending(stub: rgrpc.RouterServiceAsyncStub) -> list[str]:
+    reply = await stub.GetInbox(rpb.GetInboxRequest(ue_svc_id=RECIPIENT), timeout=5)
+    return [doc.msg.msg_id for doc in reply.docs]
+
+
+async def recipient_state(redis: Redis, msg_id: str) -> str:
+    raw = await redis.hget(KEYS.message(f"UE:{SENDER}", msg_id), f"st:UE:{RECIPIENT}")
+    assert raw is not None
+    state: str = json.loads(raw)["state"]
+    return state
+
+
+async def test_message_to_unreachable_ue_is_stored_until_acknowledged(
+    router: rgrpc.RouterServiceAsyncStub, redis: Redis
+) -> None:
+    """Verifies the store-and-forward path: STORED, in the inbox, DELIVERED on the ack."""
+    reply = await router.SubmitMessage(submit("m1"), timeout=5)
+
+    assert reply.result == pb.MSG_RESULT_STORED
+    assert reply.failure_cause == ""
+    assert await pending(router) == ["m1"]
+    assert await recipient_state(redis, "m1") == "STORED"
+
+    assert (await router.Acknowledge(ack("m1"), timeout=5)).matched is True
+
+    assert await pending(router) == []
+    assert await recipient_state(redis, "m1") == "DELIVERED"
+
+
+async def test_duplicate_of_a_pending_message_is_stored_once(
+    router: rgrpc.RouterServiceAsyncStub,
+) -> None:
+    """Verifies that a retransmitted MSG is answered DUPLICATE and queued only once."""
+    await router.SubmitMessage(submit("m1"), timeout=5)
+
+    again = await router.SubmitMessage(submit("m1"), timeout=5)
+
+    assert again.failure_cause == "DUPLICATE"
+    assert again.result == pb.MSG_RESULT_STORED
+    assert await pending(router) == ["m1"]
+
+
+async def test_duplicate_of_a_delivered_message_is_not_delivered_again(
+    router: rgrpc.RouterServiceAsyncStub, redis: Redis
+) -> None:
+    """Verifies that duplicates are suppressed by (oriAddr, msgId) also after delivery: a
+    sender that retransmits a MSG whose MSGRESP it lost does not make the recipient get it
+    twice."""
+    await router.SubmitMessage(submit("m1"), timeout=5)
+    assert (await router.Acknowledge(ack("m1"), timeout=5)).matched is True
+
+    again = await router.SubmitMessage(submit("m1"), timeout=5)
+
+    assert again.failure_cause == "DUPLICATE"
+    assert await pending(router) == []
+    assert await recipient_state(redis, "m1") == "DELIVERED"
