@@ -126,6 +126,7 @@ class Stack:
         self.log_dir = self.data_dir / "logs"
         self.procs: dict[str, Process] = {}
         self.listen: dict[str, dict[str, Any]] = {}
+        self._expected: list[tuple[str, Callable[[str], bool], asyncio.Future[str]]] = []
 
     async def __aenter__(self) -> Self:
         try:
@@ -182,6 +183,17 @@ class Stack:
             env["MSGIN5G_EDGE_ID"] = "mqtt-edge-1"
         env.update(self.config.env)
         return {k: v for k, v in env.items() if v}
+
+    def expect(self, name: str, predicate: Callable[[str], bool]) -> asyncio.Future[str]:
+        """A future for the next log line of process ``name`` that satisfies ``predicate``
+        (for tests that await something a process reports, such as a reconnect)."""
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._expected.append((name, predicate, future))
+        return future
+
+    def expect_event(self, name: str, event: str) -> asyncio.Future[str]:
+        """The next JSON log line of a service whose ``event`` is ``event``."""
+        return self.expect(name, lambda line: _json_event(line) == event)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -333,13 +345,38 @@ class Stack:
                 f"{name} did not become ready in {START_TIMEOUT}s; see {log_path}"
             ) from None
 
+    def _match_expected(self, name: str, line: str) -> None:
+        for item in list(self._expected):
+            wanted, predicate, future = item
+            if future.done():
+                self._expected.remove(item)
+            elif wanted == name and predicate(line):
+                future.set_result(line)
+                self._expected.remove(item)
+
     async def _read(self, entry: Process, is_ready: Callable[[str], dict[str, Any] | None]) -> None:
+        try:
+            await self._copy_lines(entry, is_ready)
+        except Exception as exc:
+            # A broken reader must fail the start at once, not after START_TIMEOUT.
+            if not entry.ready.done():
+                entry.ready.set_exception(StackError(f"reading {entry.name}'s output: {exc!r}"))
+            raise
+        code = await entry.proc.wait()
+        if not entry.ready.done():
+            entry.ready.set_exception(
+                StackError(
+                    f"{entry.name} exited with {code} before it was ready; see {entry.log_path}"
+                )
+            )
+
+    async def _copy_lines(
+        self, entry: Process, is_ready: Callable[[str], dict[str, Any] | None]
+    ) -> None:
+        """Copies a process's output to its log file, watching for readiness and awaited lines."""
         assert entry.proc.stdout is not None
         with entry.log_path.open("a", encoding="utf-8") as out:
-            while True:
-                raw = await entry.proc.stdout.readline()
-                if not raw:
-                    break
+            while raw := await entry.proc.stdout.readline():
                 line = raw.decode(errors="replace").rstrip("\n")
                 out.write(line + "\n")
                 out.flush()
@@ -349,13 +386,15 @@ class Stack:
                         entry.ready.set_result(found)
                 if self.config.on_line is not None:
                     self.config.on_line(entry.name, line)
-        code = await entry.proc.wait()
-        if not entry.ready.done():
-            entry.ready.set_exception(
-                StackError(
-                    f"{entry.name} exited with {code} before it was ready; see {entry.log_path}"
-                )
-            )
+                self._match_expected(entry.name, line)
+
+
+def _json_event(line: str) -> str | None:
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None
+    return entry.get("event") if isinstance(entry, dict) else None
 
 
 def _line_contains(text: str) -> Callable[[str], dict[str, Any] | None]:
