@@ -49,7 +49,9 @@ system-deps:
 	fi
 
 run: $(STAMP) system-deps
-	$(BIN)/msgin5g-devstack run
+	$(BIN)/msgin5g-devstack run $(if $(COAP_PORT),--coap-port $(COAP_PORT)) \
+	  $(if $(HTTP_PORT),--http-port $(HTTP_PORT)) $(if $(MQTT_PORT),--mqtt-port $(MQTT_PORT)) \
+	  $(if $(REDIS_PORT),--redis-port $(REDIS_PORT))
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

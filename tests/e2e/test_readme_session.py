@@ -78,8 +78,12 @@ async def devstack(tmp_path: Path) -> AsyncIterator[Running]:
         yield running
     finally:
         if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), TIMEOUT)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
 
 
 async def _run(*cmd: str) -> str:

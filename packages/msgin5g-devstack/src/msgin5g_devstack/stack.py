@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import ctypes
 import json
 import logging
@@ -244,6 +245,10 @@ class Stack:
                     f"listener {self.ports.mqtt} {HOST}",
                     "allow_anonymous true",
                     "persistence false",
+                    # Run as whoever runs us: run as root, Mosquitto would otherwise switch to
+                    # the 'mosquitto' user, and that change of credentials clears the death
+                    # signal that stops it when the runner dies.
+                    f"user {getpass.getuser()}",
                     "max_queued_messages 100000",
                     # Nagle adds ~40 ms per hop to small publishes (a MSG/MSGRESP took 87 ms).
                     "set_tcp_nodelay true",
