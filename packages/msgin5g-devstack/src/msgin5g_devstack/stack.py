@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import getpass
 import ctypes
+import getpass
 import json
 import logging
 import os
