@@ -11,7 +11,12 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-SCHEMA = REPO.parent / "shared" / "schemas" / "skaffold-v4beta14.json"
+# The shared folder sits next to the checkout on developer and CI machines.
+_CANDIDATES = [REPO.parent / "shared", Path("/work/shared")]
+SCHEMA = next(
+    (p / "schemas" / "skaffold-v4beta14.json" for p in _CANDIDATES if p.is_dir()),
+    _CANDIDATES[0] / "schemas" / "skaffold-v4beta14.json",
+)
 SERVICES = ("registry", "router", "coap-edge", "mqtt-edge")
 
 
