@@ -366,7 +366,7 @@ async def test_ack_by_exact_ref_removes_that_document(store: RouterStore, redis:
     await store.enqueue(UE, first, b"from-a", MIDDLE)
     await store.enqueue(UE, second, b"from-b", MIDDLE)
 
-    acked = await store.ack(UE, domain.ack_refs("m1", ue_addr("ue-b")), exact=True)
+    acked = await store.ack(UE, [domain.ack_refs("m1", ue_addr("ue-b"))], exact=True)
 
     assert acked == Acked(matched=True, remaining=1, ref=second, doc=b"from-b")
     assert await store.inbox(UE, None) == ([(first, b"from-a")], 1)
@@ -383,9 +383,9 @@ async def test_ack_by_msg_id_suffix_takes_the_first_in_inbox_order(store: Router
     await store.enqueue(UE, other, b"other", MIDDLE)
     await store.enqueue(UE, newer_high, b"high", HIGH)
 
-    first = await store.ack(UE, domain.ack_refs("m1", None), exact=False)
-    second = await store.ack(UE, domain.ack_refs("m1", None), exact=False)
-    third = await store.ack(UE, domain.ack_refs("m1", None), exact=False)
+    first = await store.ack(UE, [domain.ack_refs("m1", None)], exact=False)
+    second = await store.ack(UE, [domain.ack_refs("m1", None)], exact=False)
+    third = await store.ack(UE, [domain.ack_refs("m1", None)], exact=False)
 
     assert first == Acked(True, 2, newer_high, b"high")
     assert second == Acked(True, 1, older_low, b"low")
@@ -398,8 +398,8 @@ async def test_ack_by_suffix_does_not_match_a_longer_msg_id(store: RouterStore) 
     ref = domain.msg_ref(ue_addr("ue-a"), "m-11")
     await store.enqueue(UE, ref, b"doc", MIDDLE)
 
-    assert await store.ack(UE, domain.ack_refs("1", None), exact=False) == Acked(False, 1)
-    assert await store.ack(UE, domain.ack_refs("11", None), exact=False) == Acked(False, 1)
+    assert await store.ack(UE, [domain.ack_refs("1", None)], exact=False) == Acked(False, 1)
+    assert await store.ack(UE, [domain.ack_refs("11", None)], exact=False) == Acked(False, 1)
     assert await store.inbox(UE, None) == ([(ref, b"doc")], 1)
 
 
@@ -411,9 +411,9 @@ async def test_ack_of_an_unknown_ref_reports_no_match_and_what_remains(
     await store.enqueue(UE, domain.msg_ref(ue_addr("ue-a"), "m2"), b"b", MIDDLE)
 
     missing = domain.ack_refs("m9", ue_addr("ue-a"))
-    assert await store.ack(UE, missing, exact=True) == Acked(False, 2)
-    assert await store.ack(UE, domain.ack_refs("m9", None), exact=False) == Acked(False, 2)
-    assert await store.ack("ue-empty", missing, exact=True) == Acked(False, 0)
+    assert await store.ack(UE, [missing], exact=True) == Acked(False, 2)
+    assert await store.ack(UE, [domain.ack_refs("m9", None)], exact=False) == Acked(False, 2)
+    assert await store.ack("ue-empty", [missing], exact=True) == Acked(False, 0)
     assert (await store.inbox(UE, None))[1] == 2
 
 
@@ -423,8 +423,8 @@ async def test_ack_twice_matches_once(store: RouterStore) -> None:
     ref = domain.msg_ref(ue_addr("ue-a"), "m1")
     await store.enqueue(UE, ref, b"doc", MIDDLE)
 
-    assert (await store.ack(UE, ref, exact=True)).matched is True
-    assert await store.ack(UE, ref, exact=True) == Acked(False, 0)
+    assert (await store.ack(UE, [ref], exact=True)).matched is True
+    assert await store.ack(UE, [ref], exact=True) == Acked(False, 0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
@@ -19,7 +20,16 @@ import aiocoap
 from aiocoap.numbers.codes import Code
 from aiocoap.numbers.contentformat import ContentFormat
 
-from msgin5g_client.common import DownlinkDoc, RequestFailed, Seen, ack_for, build_msg
+from msgin5g_client.common import (
+    DownlinkDoc,
+    RequestFailed,
+    Seen,
+    ack_for,
+    build_msg,
+    report_for,
+    update_for,
+    with_retries,
+)
 from msgin5g_common import header as h
 
 JSON = ContentFormat.JSON
@@ -105,13 +115,31 @@ class CoapUe:
         """Sends a MSG; returns the server's MSGRESP (ACCEPTED or STORED), raises on failure."""
         return await self.send_msg(build_msg(self.ue_svc_id, dest, payload, **options))
 
-    async def send_msg(self, msg: h.Msg) -> h.MsgResp:
-        reply = await self._exchange(Code.POST, "msg", msg)
-        assert isinstance(reply, h.MsgResp)
-        return reply
+    async def send_msg(self, msg: h.Msg, *, attempts: int = 1) -> h.MsgResp:
+        """Sends a MSG and returns the MSGRESP; with ``attempts`` > 1 a timeout or a 5.03
+        (OVERLOADED) is retried with the same msgId (see :func:`with_retries`)."""
+
+        async def once() -> h.MsgResp:
+            reply = await self._exchange(Code.POST, "msg", msg)
+            assert isinstance(reply, h.MsgResp)
+            return reply
+
+        return await with_retries(once, attempts)
 
     async def ack(self, doc: DownlinkDoc) -> None:
         await self._exchange(Code.POST, "msg", ack_for(self.ue_svc_id, doc))
+
+    async def report(self, doc: h.Msg, *, ok: bool = True, cause: str | None = None) -> None:
+        """Sends the IMDN its sender asked for (``delivStReqInd``)."""
+        await self._exchange(Code.POST, "msg", report_for(self.ue_svc_id, doc, ok=ok, cause=cause))
+
+    async def update_message(self, msg_id: str, expr_time: datetime | None) -> h.MsgUpdResp:
+        """Changes the expiry of one's own stored message, or discards it (``expr_time`` None)."""
+        reply = await self._exchange(
+            Code.POST, "msg", update_for(self.ue_svc_id, msg_id, expr_time)
+        )
+        assert isinstance(reply, h.MsgUpdResp)
+        return reply
 
     async def inbox(self) -> list[DownlinkDoc]:
         """The pending documents (acknowledged ones disappear), as the server orders them."""
@@ -125,9 +153,12 @@ class CoapUe:
         returns those the application has not seen yet."""
         fresh = []
         for doc in docs:
+            first = self.seen.first_time(doc)
             if auto_ack:
                 await self.ack(doc)
-            if self.seen.first_time(doc):
+                if first and isinstance(doc, h.Msg) and doc.deliv_st_req_ind:
+                    await self.report(doc)
+            if first:
                 fresh.append(doc)
         return fresh
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import TypeVar
 
 from msgin5g_common import header as h
 
 DownlinkDoc = h.Msg | h.Imdn
+T = TypeVar("T")
 
 
 class RequestFailed(Exception):
@@ -62,6 +66,23 @@ def ack_for(ue: str, doc: DownlinkDoc) -> h.MsgResp:
     return h.MsgResp(doc.msg_id, h.MsgResult.DELIVERED, ue_svc_id=ue, ori_addr=doc.ori_addr)
 
 
+def report_for(ue: str, doc: h.Msg, *, ok: bool = True, cause: str | None = None) -> h.Imdn:
+    """The IMDN telling the sender of ``doc`` whether it was delivered."""
+    return h.Imdn(
+        ori_addr=h.Address(h.AddrType.UE, ue),
+        dest_addr=doc.ori_addr,
+        msg_id=doc.msg_id,
+        deliv_st=h.DelivSt.REPT_DELY_SUCCESS if ok else h.DelivSt.REPT_DELY_FAILED,
+        failure_cause=cause,
+    )
+
+
+def update_for(ue: str, msg_id: str, expr_time: datetime | None) -> h.MsgUpd:
+    """Changes the expiry of a stored message (``expr_time``), or discards it (None)."""
+    action = h.UpdAction.DISCARD if expr_time is None else h.UpdAction.UPDATE
+    return h.MsgUpd(msg_id, h.Address(h.AddrType.UE, ue), action, expr_time)
+
+
 class Seen:
     """Remembers recently received documents so that redeliveries reach the application once."""
 
@@ -78,3 +99,27 @@ class Seen:
         if len(self._keys) > self.capacity:
             self._keys.popitem(last=False)
         return True
+
+
+RETRYABLE = frozenset({"OVERLOADED", "TIMEOUT"})
+
+
+async def with_retries(
+    attempt: Callable[[], Awaitable[T]], attempts: int, first_delay: float = 0.2
+) -> T:
+    """Runs ``attempt`` until it succeeds or fails for good. A timeout or an OVERLOADED answer
+    is retried (``attempts`` tries in all, the delay doubling up to 5 s); resending the same
+    document is safe because the server suppresses duplicates by (oriAddr, msgId)."""
+    delay = first_delay
+    for remaining in range(attempts - 1, -1, -1):
+        try:
+            return await attempt()
+        except TimeoutError:
+            if remaining == 0:
+                raise
+        except RequestFailed as exc:
+            if exc.cause not in RETRYABLE or remaining == 0:
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)
+    raise AssertionError("unreachable")

@@ -16,12 +16,22 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import AsyncIterator
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
 import aiomqtt
 
-from msgin5g_client.common import DownlinkDoc, RequestFailed, Seen, ack_for, build_msg
+from msgin5g_client.common import (
+    DownlinkDoc,
+    RequestFailed,
+    Seen,
+    ack_for,
+    build_msg,
+    report_for,
+    update_for,
+    with_retries,
+)
 from msgin5g_common import header as h
 from msgin5g_common.errors import InvalidDocument
 
@@ -143,36 +153,60 @@ class MqttUe:
         """Sends a MSG; returns the server's MSGRESP (ACCEPTED or STORED), raises on failure."""
         return await self.send_msg(build_msg(self.ue_svc_id, dest, payload, **options))
 
-    async def send_msg(self, msg: h.Msg) -> h.MsgResp:
-        reply = await self._exchange(msg, ("MSGRESP", msg.msg_id))
-        assert isinstance(reply, h.MsgResp)
-        if reply.result is h.MsgResult.FAILED:
-            raise RequestFailed(reply.failure_cause or "UNKNOWN", reply.failure_detail or "")
-        return reply
+    async def send_msg(self, msg: h.Msg, *, attempts: int = 1) -> h.MsgResp:
+        """Sends a MSG and waits for its MSGRESP; with ``attempts`` > 1 a timeout or an
+        OVERLOADED answer is retried with the same msgId (see :func:`with_retries`)."""
+
+        async def once() -> h.MsgResp:
+            reply = await self._exchange(msg, ("MSGRESP", msg.msg_id))
+            assert isinstance(reply, h.MsgResp)
+            if reply.result is h.MsgResult.FAILED:
+                raise RequestFailed(reply.failure_cause or "UNKNOWN", reply.failure_detail or "")
+            return reply
+
+        return await with_retries(once, attempts)
 
     async def ack(self, doc: DownlinkDoc) -> None:
         await self.publish(h.encode(ack_for(self.ue_svc_id, doc)))
+
+    async def report(self, doc: h.Msg, *, ok: bool = True, cause: str | None = None) -> None:
+        """Sends the IMDN its sender asked for (``delivStReqInd``); a refusal arrives as an
+        answer (:meth:`next_answer`)."""
+        await self.publish(h.encode(report_for(self.ue_svc_id, doc, ok=ok, cause=cause)))
+
+    async def update_message(self, msg_id: str, expr_time: datetime | None) -> h.MsgUpdResp:
+        """Changes the expiry of one's own stored message, or discards it (``expr_time`` None)."""
+        doc = update_for(self.ue_svc_id, msg_id, expr_time)
+        reply = await self._exchange(doc, ("MSGUPDRESP", msg_id))
+        assert isinstance(reply, h.MsgUpdResp)
+        if reply.result is not h.Result.SUCCESS:
+            raise RequestFailed(reply.failure_cause or "UNKNOWN", reply.failure_detail or "")
+        return reply
 
     async def start_observing(self) -> None:
         """Nothing to do: the downlink topic is subscribed from the start (CoapUe's shape)."""
 
     async def receive(self, *, auto_ack: bool = True) -> DownlinkDoc:
         """The next document the application has not seen (redeliveries are acknowledged
-        again and dropped)."""
+        again and dropped); a MSG that asks for a delivery report gets its IMDN."""
         while True:
             doc = await asyncio.wait_for(self._downlink.get(), self.timeout)
-            if auto_ack:
-                await self.ack(doc)
-            if self.seen.first_time(doc):
+            if await self._take(doc, auto_ack):
                 return doc
 
     async def messages(self, *, auto_ack: bool = True) -> AsyncIterator[DownlinkDoc]:
         while True:
             doc = await self._downlink.get()
-            if auto_ack:
-                await self.ack(doc)
-            if self.seen.first_time(doc):
+            if await self._take(doc, auto_ack):
                 yield doc
+
+    async def _take(self, doc: DownlinkDoc, auto_ack: bool) -> bool:
+        first = self.seen.first_time(doc)
+        if auto_ack:
+            await self.ack(doc)
+            if first and isinstance(doc, h.Msg) and doc.deliv_st_req_ind:
+                await self.report(doc)
+        return first
 
 
 def _answer_key(doc: h.Document) -> tuple[str, str]:
@@ -183,6 +217,8 @@ def _answer_key(doc: h.Document) -> tuple[str, str]:
             return "DEREGRESP", doc.ue_svc_id
         case h.MsgResp():
             return "MSGRESP", doc.msg_id
+        case h.MsgUpdResp():
+            return "MSGUPDRESP", doc.msg_id
         case h.SubResp():
             return "UNSUBRESP" if doc.unsub else "SUBRESP", doc.ue_svc_id
     return type(doc).__name__, ""

@@ -25,6 +25,7 @@ class Cause(StrEnum):
     SEGMENT_TIMEOUT = "SEGMENT_TIMEOUT"
     OVERLOADED = "OVERLOADED"
     DUPLICATE = "DUPLICATE"
+    UNKNOWN_MESSAGE = "UNKNOWN_MESSAGE"
     UNSUPPORTED_CONTENT_FORMAT = "UNSUPPORTED_CONTENT_FORMAT"
     INTERNAL_ERROR = "INTERNAL_ERROR"
 
@@ -41,6 +42,7 @@ COAP_CODE: dict[Cause, tuple[int, int]] = {
     Cause.SEGMENT_TIMEOUT: (4, 8),
     Cause.OVERLOADED: (5, 3),
     Cause.DUPLICATE: (2, 4),
+    Cause.UNKNOWN_MESSAGE: (4, 4),
     Cause.UNSUPPORTED_CONTENT_FORMAT: (4, 15),
     Cause.INTERNAL_ERROR: (5, 0),
 }
@@ -56,6 +58,7 @@ HTTP_STATUS: dict[Cause, int] = {
     Cause.SEGMENT_TIMEOUT: 408,
     Cause.OVERLOADED: 503,
     Cause.DUPLICATE: 200,
+    Cause.UNKNOWN_MESSAGE: 404,
     Cause.UNSUPPORTED_CONTENT_FORMAT: 415,
     Cause.INTERNAL_ERROR: 500,
 }
@@ -71,6 +74,7 @@ GRPC_STATUS: dict[Cause, grpc.StatusCode] = {
     Cause.SEGMENT_TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
     Cause.OVERLOADED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Cause.DUPLICATE: grpc.StatusCode.ALREADY_EXISTS,
+    Cause.UNKNOWN_MESSAGE: grpc.StatusCode.NOT_FOUND,
     Cause.UNSUPPORTED_CONTENT_FORMAT: grpc.StatusCode.INVALID_ARGUMENT,
     Cause.INTERNAL_ERROR: grpc.StatusCode.INTERNAL,
 }
@@ -116,6 +120,14 @@ class UnknownRecipient(Msgin5gError):
     cause = Cause.UNKNOWN_RECIPIENT
 
 
+class UnknownMessage(Msgin5gError):
+    cause = Cause.UNKNOWN_MESSAGE
+
+
+class RecipientUnreachable(Msgin5gError):
+    cause = Cause.RECIPIENT_UNREACHABLE
+
+
 class Overloaded(Msgin5gError):
     cause = Cause.OVERLOADED
 
@@ -132,6 +144,8 @@ _BY_CAUSE: dict[Cause, type[Msgin5gError]] = {
         NotAuthorized,
         NotRegistered,
         UnknownRecipient,
+        UnknownMessage,
+        RecipientUnreachable,
         Overloaded,
         UnsupportedContentFormat,
     )

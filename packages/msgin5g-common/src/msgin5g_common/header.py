@@ -56,6 +56,11 @@ class DelivSt(StrEnum):
     REPT_DELY_FAILED = "REPT_DELY_FAILED"
 
 
+class UpdAction(StrEnum):
+    UPDATE = "UPDATE"
+    DISCARD = "DISCARD"
+
+
 class DeliveryMode(StrEnum):
     OBSERVE = "observe"
     PUSH = "push"
@@ -148,6 +153,25 @@ class Imdn:
 
 
 @dataclass(frozen=True, slots=True)
+class MsgUpd:
+    """The originator changes the expiry of its stored message or discards it (a project
+    extension implementing TS 23.554 8.3.6.1)."""
+
+    msg_id: str
+    ori_addr: Address
+    action: UpdAction
+    expr_time: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MsgUpdResp:
+    msg_id: str
+    result: Result
+    failure_cause: str | None = None
+    failure_detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Sub:
     ue_svc_id: str
     msg_topics: tuple[str, ...]
@@ -170,9 +194,20 @@ class SubResp:
 
 
 Document: TypeAlias = (
-    Reg | RegResp | Dereg | DeregResp | Msg | MsgResp | Imdn | Sub | Unsub | SubResp
+    Reg
+    | RegResp
+    | Dereg
+    | DeregResp
+    | Msg
+    | MsgResp
+    | Imdn
+    | Sub
+    | Unsub
+    | SubResp
+    | MsgUpd
+    | MsgUpdResp
 )
-Uplink: TypeAlias = Reg | Dereg | Msg | MsgResp | Imdn | Sub | Unsub
+Uplink: TypeAlias = Reg | Dereg | Msg | MsgResp | Imdn | Sub | Unsub | MsgUpd
 
 
 def valid_id(value: str) -> bool:
@@ -182,7 +217,7 @@ def valid_id(value: str) -> bool:
 
 def sender_of(doc: Uplink) -> str:
     """The UE Service ID an uplink document names as its sender."""
-    if isinstance(doc, Msg | Imdn):
+    if isinstance(doc, Msg | Imdn | MsgUpd):
         return doc.ori_addr.addr
     if isinstance(doc, MsgResp):
         if doc.ue_svc_id is None:
@@ -404,6 +439,30 @@ def _imdn(f: _Fields, max_payload: int) -> Imdn:
     return Imdn(ori, dest, msg_id, st, cause)
 
 
+def _msgupd(f: _Fields, max_payload: int) -> MsgUpd:
+    msg_id = f.msg_id()
+    ori = f.address("oriAddr", required=True)
+    assert ori is not None
+    action = f.enum("action", UpdAction, required=True)
+    expr_time = None
+    params = f.get("stoAndFwParams", dict)
+    if params is not None:
+        sub = _Fields(params, "stoAndFwParams.")
+        expr_time = sub.timestamp("exprTime")
+        sub.done()
+    if action is UpdAction.UPDATE and expr_time is None:
+        raise InvalidDocument("stoAndFwParams.exprTime: mandatory for action UPDATE")
+    return MsgUpd(msg_id, ori, action, expr_time)
+
+
+def _msgupdresp(f: _Fields, max_payload: int) -> MsgUpdResp:
+    result = f.enum("result", Result, required=True)
+    unreadable = result is Result.FAILURE and f.obj.get("msgId") == ""
+    msg_id = "" if unreadable else f.msg_id()
+    f.seen.add("msgId")
+    return MsgUpdResp(msg_id, result, f.get("failureCause", str), f.get("failureDetail", str))
+
+
 def _topics(f: _Fields, *, required: bool) -> tuple[str, ...]:
     topics = f.get("msgTopics", list, required=required)
     if topics is None:
@@ -436,6 +495,7 @@ _UPLINK: dict[str, Callable[[_Fields, int], Uplink]] = {
     "IMDN": _imdn,
     "SUB": _sub,
     "UNSUB": _unsub,
+    "MSGUPD": _msgupd,
 }
 
 # The answers the server sends, decoded by the UE client library.
@@ -502,6 +562,7 @@ def _result_resp(kind: str) -> Callable[[_Fields, int], Document]:
 _ANY: dict[str, Callable[[_Fields, int], Any]] = {
     **_UPLINK,
     "MSGRESP": lambda f, max_payload: _msgresp(f, max_payload, from_server=True),
+    "MSGUPDRESP": _msgupdresp,
     **{kind: _result_resp(kind) for kind in _DOWNLINK_ONLY},
 }
 
@@ -610,6 +671,28 @@ def to_json(doc: Document) -> dict[str, Any]:
             )
         case Unsub():
             return {"msgType": "UNSUB", "ueSvcId": doc.ue_svc_id, "msgTopics": list(doc.msg_topics)}
+        case MsgUpd():
+            return _drop_none(
+                {
+                    "msgType": "MSGUPD",
+                    "msgId": doc.msg_id,
+                    "oriAddr": doc.ori_addr.to_json(),
+                    "action": doc.action.value,
+                    "stoAndFwParams": (
+                        {"exprTime": format_time(doc.expr_time)} if doc.expr_time else None
+                    ),
+                }
+            )
+        case MsgUpdResp():
+            return _drop_none(
+                {
+                    "msgType": "MSGUPDRESP",
+                    "msgId": doc.msg_id,
+                    "result": doc.result.value,
+                    "failureCause": doc.failure_cause,
+                    "failureDetail": doc.failure_detail,
+                }
+            )
         case SubResp():
             return _drop_none(
                 {
@@ -685,5 +768,8 @@ def failure_response(raw: bytes | str, cause: str, detail: str, sender: str = ""
             return DeregResp(ue, Result.FAILURE, cause, failure_detail=detail)
         case "SUB" | "UNSUB" as kind:
             return SubResp(ue, Result.FAILURE, cause, unsub=kind == "UNSUB", failure_detail=detail)
+        case "MSGUPD":
+            upd_id = text("msgId") if _MSG_ID_RE.fullmatch(text("msgId")) else ""
+            return MsgUpdResp(upd_id, Result.FAILURE, cause, detail)
     msg_id = text("msgId") if _MSG_ID_RE.fullmatch(text("msgId")) else ""
     return MsgResp(msg_id, MsgResult.FAILED, cause, failure_detail=detail)

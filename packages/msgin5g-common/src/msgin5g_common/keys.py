@@ -13,6 +13,10 @@ one recipient stays in one slot.
 | ``<p>:ue:{id}:docs`` | hash | router | ref -> serialized ``Downlink`` |
 | ``<p>:ue:{id}:seq`` | string | router | arrival counter of the UE's inbox |
 | ``<p>:msg:{ori}:<msgId>`` | hash | router | message record: document, outcome, per-recipient state |
+| ``<p>:ue:{id}:retry`` | string | router | forwards of the UE's pending documents without an acknowledgement |
+| ``<p>:expiry`` | sorted set | router | ``<ueSvcId>\\x1f<inbox ref>`` by expiry time (ms), for the sweeper |
+| ``<p>:retry`` | sorted set | router | UEs by the time (ms) their unacknowledged documents are sent again |
+| ``<p>:sweeper`` | string | router | lock: the router replica that sweeps expiries and retries now |
 | ``<p>:edge:<kind>:<id>`` | string | each edge | the replica's gRPC address; TTL = heartbeat |
 | ``<p>:edges:<kind>`` | sorted set | each edge | replica ids by heartbeat expiry (ms), to pick any live one |
 """
@@ -43,6 +47,18 @@ class Keys:
 
     def seq(self, ue: str) -> str:
         return f"{self.prefix}:ue:{{{ue}}}:seq"
+
+    def retry_count(self, ue: str) -> str:
+        return f"{self.prefix}:ue:{{{ue}}}:retry"
+
+    def expiry(self) -> str:
+        return f"{self.prefix}:expiry"
+
+    def retry(self) -> str:
+        return f"{self.prefix}:retry"
+
+    def sweeper(self) -> str:
+        return f"{self.prefix}:sweeper"
 
     def message(self, ori: str, msg_id: str) -> str:
         """``ori`` is the originator as ``<addrType>:<addr>``; its hash tag keeps a sender's

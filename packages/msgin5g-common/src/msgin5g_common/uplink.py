@@ -81,8 +81,12 @@ class UplinkHandler:
                 return await self.submit(doc)
             case h.MsgResp():
                 return await self.acknowledge(doc)
-            case h.Imdn() | h.Sub() | h.Unsub():
-                # Delivery reports and topics come with their own issues; say so clearly.
+            case h.Imdn():
+                return await self.report(doc)
+            case h.MsgUpd():
+                return await self.update(doc)
+            case h.Sub() | h.Unsub():
+                # Topics come with their own issue; say so clearly.
                 raise InvalidDocument(f"msgType: {type(doc).__name__.upper()} is not served yet")
         raise InvalidDocument("msgType: not an uplink document")
 
@@ -144,6 +148,37 @@ class UplinkHandler:
             request.ori_addr.CopyFrom(convert.address_to_pb(doc.ori_addr))
         await self.router.Acknowledge(request, timeout=self.timeout)
         return Reply(None)
+
+    async def report(self, doc: h.Imdn) -> Reply:
+        reply = await self.router.SubmitReport(
+            rpb.SubmitReportRequest(imdn=convert.imdn_to_pb(doc), edge=self.edge),
+            timeout=self.timeout,
+        )
+        if reply.ok:
+            return Reply(None)
+        err = error_for(reply.failure_cause, reply.failure_detail)
+        resp = h.MsgResp(doc.msg_id, h.MsgResult.FAILED, err.cause.value, failure_detail=err.detail)
+        return Reply(resp, err.cause, err.detail)
+
+    async def update(self, doc: h.MsgUpd) -> Reply:
+        request = rpb.UpdateMessageRequest(
+            ori_addr=convert.address_to_pb(doc.ori_addr),
+            msg_id=doc.msg_id,
+            action=(
+                rpb.UPDATE_ACTION_DISCARD
+                if doc.action is h.UpdAction.DISCARD
+                else rpb.UPDATE_ACTION_UPDATE
+            ),
+            edge=self.edge,
+        )
+        if doc.expr_time is not None:
+            request.expr_time.CopyFrom(convert.timestamp(doc.expr_time))
+        reply = await self.router.UpdateMessage(request, timeout=self.timeout)
+        if reply.ok:
+            return Reply(h.MsgUpdResp(doc.msg_id, h.Result.SUCCESS))
+        err = error_for(reply.failure_cause, reply.failure_detail)
+        resp = h.MsgUpdResp(doc.msg_id, h.Result.FAILURE, err.cause.value, err.detail)
+        return Reply(resp, err.cause, err.detail)
 
     async def inbox(self, ue: str, limit: int = 0) -> list[h.Msg | h.Imdn]:
         reply = await self.router.GetInbox(

@@ -12,8 +12,9 @@ import uvicorn
 from redis.asyncio import Redis
 
 from msgin5g.v1 import registry_pb2_grpc as rgrpc
+from msgin5g.v1 import router_pb2_grpc as rgrpc_router
 from msgin5g_common import service
-from msgin5g_common.grpcutil import GrpcServer, host_of
+from msgin5g_common.grpcutil import GrpcServer, channel, host_of
 from msgin5g_common.keys import Keys
 from msgin5g_registry.grpc_api import RegistryServicer
 from msgin5g_registry.http_api import create_app
@@ -48,8 +49,10 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((settings.http_host, settings.http_port))
     http_port = sock.getsockname()[1]
+    router_channel = channel(settings.router_addr)
+    router: rgrpc_router.RouterServiceAsyncStub = rgrpc_router.RouterServiceStub(router_channel)
     config = uvicorn.Config(
-        create_app(store, redis), log_config=None, access_log=False, lifespan="off"
+        create_app(store, redis, router), log_config=None, access_log=False, lifespan="off"
     )
     http = _HttpServer(config)
     http_task = asyncio.create_task(http.serve(sockets=[sock]))
@@ -63,4 +66,5 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
     http.should_exit = True
     await http_task
     await grpc_server.stop()
+    await router_channel.close()
     await redis.aclose()

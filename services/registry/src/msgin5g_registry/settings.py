@@ -12,3 +12,5 @@ class RegistrySettings(CommonSettings):
     # Bounds of a UE registration's lifetime, in seconds.
     max_lifetime: int = 30 * 86400
     min_lifetime: int = 30
+    # The router answers message-state queries and updates of stored messages.
+    router_addr: str = "127.0.0.1:50052"

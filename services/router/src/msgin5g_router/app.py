@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import socket
 
 from redis.asyncio import Redis
 
@@ -10,10 +13,12 @@ from msgin5g.v1 import router_pb2_grpc as rgrpc
 from msgin5g_common import service
 from msgin5g_common.grpcutil import GrpcServer, host_of
 from msgin5g_common.keys import Keys
-from msgin5g_router.dispatch import Dispatcher, EdgeClients
+from msgin5g_router.dispatch import Dispatcher, EdgeClients, RetryPolicy
 from msgin5g_router.grpc_api import RouterServicer
+from msgin5g_router.reports import Reports
 from msgin5g_router.settings import RouterSettings
 from msgin5g_router.store import RouterStore
+from msgin5g_router.sweeper import Sweeper
 
 
 async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
@@ -21,17 +26,29 @@ async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
     await redis.ping()
     store = RouterStore(redis, Keys(settings.redis_prefix))
     clients = EdgeClients()
-    dispatcher = Dispatcher(store, clients, settings.inbox_limit, settings.grpc_timeout)
+    retry = RetryPolicy(
+        base_ms=int(settings.retry_base * 1000),
+        max_ms=int(settings.retry_max * 1000),
+        limit=settings.retry_limit,
+    )
+    dispatcher = Dispatcher(store, clients, settings.inbox_limit, settings.grpc_timeout, retry)
+    reports = Reports(store, dispatcher, settings.default_expiry)
+    holder = settings.router_id or f"router-{socket.gethostname()}-{os.getpid()}"
+    sweeper = Sweeper(store, dispatcher, reports, holder, settings.sweep_interval)
 
     server = GrpcServer(["msgin5g.v1.RouterService"])
     server.add(
         lambda s: rgrpc.add_RouterServiceServicer_to_server(
-            RouterServicer(store, dispatcher, settings), s
+            RouterServicer(store, dispatcher, settings, reports), s
         )
     )
     port = await server.start(settings.grpc_bind)
+    sweeping = asyncio.create_task(sweeper.run())
     service.ready(grpc=f"{host_of(settings.grpc_bind)}:{port}")
     await stop.wait()
+    sweeping.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sweeping
     await server.stop()
     await dispatcher.drain()
     await clients.close()

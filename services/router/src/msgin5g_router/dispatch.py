@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import grpc
 
@@ -18,8 +19,8 @@ from msgin5g.v1 import common_pb2 as pb
 from msgin5g.v1 import edge_pb2 as epb
 from msgin5g.v1 import edge_pb2_grpc as egrpc
 from msgin5g_common.grpcutil import channel
-from msgin5g_router.domain import address_key
-from msgin5g_router.store import Route, RouterStore
+from msgin5g_router.domain import address_key, backoff_ms
+from msgin5g_router.store import Route, RouterStore, now_ms
 
 log = logging.getLogger("msgin5g.router.dispatch")
 
@@ -51,14 +52,27 @@ class EdgeClients:
         self._stubs.clear()
 
 
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    base_ms: int = 5_000
+    max_ms: int = 300_000
+    limit: int = 8
+
+
 class Dispatcher:
     def __init__(
-        self, store: RouterStore, clients: EdgeClients, inbox_limit: int, timeout: float
+        self,
+        store: RouterStore,
+        clients: EdgeClients,
+        inbox_limit: int,
+        timeout: float,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.store = store
         self.clients = clients
         self.inbox_limit = inbox_limit
         self.timeout = timeout
+        self.retry = retry or RetryPolicy()
         # One dispatch at a time per UE keeps the per-recipient order on the wire.
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -143,7 +157,16 @@ class Dispatcher:
             return False
         if reply.forwarded:
             await self._mark(ue, docs, "FORWARDED")
+            await self._schedule_retry(ue)
         return bool(reply.forwarded)
+
+    async def _schedule_retry(self, ue: str) -> None:
+        """Until the UE acknowledges, its documents are sent again with a doubling delay, a
+        bounded number of times; after that they wait for the UE to show up."""
+        count = await self.store.count_forward(ue)
+        if count <= self.retry.limit:
+            delay = backoff_ms(count, self.retry.base_ms, self.retry.max_ms)
+            await self.store.retry_at(ue, now_ms() + delay)
 
     async def _mark(self, ue: str, docs: Iterable[pb.Downlink], state: str) -> None:
         rcpt = f"UE:{ue}"

@@ -48,6 +48,16 @@ def msg_ref(ori: pb.Address, msg_id: str) -> str:
     return f"MSG{SEP}{address_key(ori)}{SEP}{msg_id}"
 
 
+def imdn_ref(reporter: pb.Address, msg_id: str) -> str:
+    """The inbox entry of a delivery report about ``msg_id`` from ``reporter``."""
+    return f"IMDN{SEP}{address_key(reporter)}{SEP}{msg_id}"
+
+
+def backoff_ms(attempt: int, base_ms: int, max_ms: int) -> int:
+    """Delay before re-sending after the ``attempt``-th unacknowledged forward: doubling."""
+    return int(min(base_ms * (2 ** max(attempt - 1, 0)), max_ms))
+
+
 def ref_msg_id(ref: str) -> str:
     return ref.rsplit(SEP, 1)[1]
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from typing import Any
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from msgin5g.v1 import common_pb2 as pb
 from msgin5g.v1 import router_pb2 as rpb
@@ -14,6 +17,7 @@ from msgin5g_common.errors import Cause
 from msgin5g_common.grpcutil import Context
 from msgin5g_router import domain
 from msgin5g_router.dispatch import COAP, MQTT, Dispatcher
+from msgin5g_router.reports import Reports
 from msgin5g_router.settings import RouterSettings
 from msgin5g_router.store import RouterStore
 
@@ -36,11 +40,16 @@ def _failed(msg_id: str, cause: Cause, detail: str) -> rpb.SubmitMessageResponse
 
 class RouterServicer(rgrpc.RouterServiceServicer):
     def __init__(
-        self, store: RouterStore, dispatcher: Dispatcher, settings: RouterSettings
+        self,
+        store: RouterStore,
+        dispatcher: Dispatcher,
+        settings: RouterSettings,
+        reports: Reports,
     ) -> None:
         self.store = store
         self.dispatcher = dispatcher
         self.settings = settings
+        self.reports = reports
         self.lease_ms = settings.route_lease_ttl * 1000
 
     async def _edge_kind(self, edge: pb.EdgeRef, context: Context) -> str:
@@ -130,12 +139,19 @@ class RouterServicer(rgrpc.RouterServiceServicer):
         ue = request.ue_svc_id
         kind = await self._edge_kind(request.edge, context)
         await self._seen(ue, kind, request.edge.edge_id)
-        ori = request.ori_addr if request.ori_addr.addr else None
-        acked = await self.store.ack(
-            ue, domain.ack_refs(request.msg_id, ori), exact=ori is not None
-        )
+        if request.ori_addr.addr:
+            refs = [
+                domain.msg_ref(request.ori_addr, request.msg_id),
+                domain.imdn_ref(request.ori_addr, request.msg_id),
+            ]
+            acked = await self.store.ack(ue, refs, exact=True)
+        else:
+            acked = await self.store.ack(ue, [domain.ack_refs(request.msg_id, None)], exact=False)
         if not acked.matched:
             return rpb.AcknowledgeResponse(matched=False)
+        await self.store.unschedule_expiry(ue, acked.ref)
+        if acked.remaining == 0:
+            await self.store.clear_retry(ue)
         doc = pb.Downlink.FromString(acked.doc)
         if doc.WhichOneof("doc") == "msg":
             failed = request.result == pb.MSG_RESULT_FAILED
@@ -179,3 +195,128 @@ class RouterServicer(rgrpc.RouterServiceServicer):
         return rpb.GetInboxResponse(
             docs=[pb.Downlink.FromString(d) for _, d in pairs], pending=pending
         )
+
+    async def SubmitReport(  # noqa: N802
+        self, request: rpb.SubmitReportRequest, context: Context
+    ) -> rpb.SubmitReportResponse:
+        imdn = request.imdn
+        reporter = domain.address_key(imdn.ori_addr)
+        sender = domain.address_key(imdn.dest_addr)
+        record = await self.store.record(sender, imdn.msg_id)
+        if "doc" not in record:
+            return _report_failed(Cause.UNKNOWN_MESSAGE, f"no message {imdn.msg_id} from {sender}")
+        if _text(record.get("rcpt")) != reporter:
+            return _report_failed(
+                Cause.NOT_AUTHORIZED, f"{reporter} is not a recipient of {imdn.msg_id}"
+            )
+        msg = pb.Downlink.FromString(record["doc"]).msg
+        if not msg.deliv_st_req_ind:
+            return _report_failed(
+                Cause.INVALID_REQUEST, f"the sender of {imdn.msg_id} asked for no delivery report"
+            )
+        await self.store.set_report(sender, imdn.msg_id, reporter, imdn.deliv_st)
+        await self.reports.deliver(imdn)
+        log.info("report", extra={"msgId": imdn.msg_id, "reporter": reporter, "ori": sender})
+        return rpb.SubmitReportResponse(ok=True)
+
+    async def GetMessageState(  # noqa: N802
+        self, request: rpb.GetMessageStateRequest, context: Context
+    ) -> rpb.MessageState:
+        record = await self.store.record(domain.address_key(request.ori_addr), request.msg_id)
+        if "doc" not in record:
+            return rpb.MessageState(found=False, msg_id=request.msg_id)
+        return message_state(request.msg_id, record)
+
+    async def UpdateMessage(  # noqa: N802
+        self, request: rpb.UpdateMessageRequest, context: Context
+    ) -> rpb.UpdateMessageResponse:
+        ori = domain.address_key(request.ori_addr)
+        record = await self.store.record(ori, request.msg_id)
+        if "doc" not in record:
+            return _update_failed(Cause.UNKNOWN_MESSAGE, f"no message {request.msg_id} from {ori}")
+        rcpt = _text(record.get("rcpt")) or ""
+        state = json.loads(record.get(f"st:{rcpt}", b"{}")).get("state", "")
+        if state in domain.FINAL_STATES:
+            return _update_failed(
+                Cause.INVALID_REQUEST, f"message {request.msg_id} is already {state}"
+            )
+        doc = pb.Downlink.FromString(record["doc"])
+        rcpt_ue = doc.msg.dest_addr.addr
+        ref = domain.msg_ref(request.ori_addr, request.msg_id)
+        if request.action == rpb.UPDATE_ACTION_DISCARD:
+            await self.store.remove_pending(rcpt_ue, ref)
+            await self.store.unschedule_expiry(rcpt_ue, ref)
+            await self.store.set_state(ori, request.msg_id, rcpt, "FAILED", "DISCARDED")
+            log.info("discarded", extra={"msgId": request.msg_id, "ori": ori})
+            return rpb.UpdateMessageResponse(ok=True)
+        if request.action != rpb.UPDATE_ACTION_UPDATE or not request.HasField("expr_time"):
+            return _update_failed(Cause.INVALID_REQUEST, "action UPDATE needs exprTime")
+        now = int(time.time() * 1000)
+        expires_ms = request.expr_time.ToMilliseconds()
+        if expires_ms <= now:
+            return _update_failed(Cause.EXPIRED, "exprTime is in the past")
+        doc.msg.sto_and_fw_params.expr_time.CopyFrom(request.expr_time)
+        if await self.store.replace_pending(rcpt_ue, ref, doc.SerializeToString()):
+            await self.store.schedule_expiry(rcpt_ue, ref, expires_ms)
+        ttl_ms = expires_ms - now + self.settings.state_retention * 1000
+        await self.store.set_record_expiry(ori, request.msg_id, expires_ms, ttl_ms)
+        log.info("updated", extra={"msgId": request.msg_id, "ori": ori, "expiresAt": expires_ms})
+        return rpb.UpdateMessageResponse(ok=True)
+
+
+def _report_failed(cause: Cause, detail: str) -> rpb.SubmitReportResponse:
+    return rpb.SubmitReportResponse(ok=False, failure_cause=cause.value, failure_detail=detail)
+
+
+def _update_failed(cause: Cause, detail: str) -> rpb.UpdateMessageResponse:
+    return rpb.UpdateMessageResponse(ok=False, failure_cause=cause.value, failure_detail=detail)
+
+
+def _text(value: object) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _ts(ms: int) -> Timestamp:
+    ts = Timestamp()
+    ts.FromMilliseconds(ms)
+    return ts
+
+
+_ADDR_TYPE = {name: number for number, name in domain.ADDR_TYPE_NAME.items()}
+
+
+def message_state(msg_id: str, record: dict[str, Any]) -> rpb.MessageState:
+    """The state API's view of a message record."""
+    msg = pb.Downlink.FromString(record["doc"]).msg
+    state = rpb.MessageState(
+        found=True,
+        msg_id=msg_id,
+        ori_addr=msg.ori_addr,
+        dest_addr=msg.dest_addr,
+        result=RESULT.get(_text(record.get("outcome")) or "", pb.MSG_RESULT_ACCEPTED),
+        accepted_at=_ts(int(record.get("acceptedAt", 0))),
+    )
+    if int(record.get("expiresAt", 0) or 0):
+        state.expires_at.CopyFrom(_ts(int(record["expiresAt"])))
+    for field, raw in sorted(record.items()):
+        if not field.startswith("st:"):
+            continue
+        rcpt = field[3:]
+        st = json.loads(raw)
+        kind, _, addr = rcpt.partition(":")
+        times = sorted(st.get("times", {}).items(), key=lambda kv: kv[1])
+        state.recipients.append(
+            rpb.RecipientState(
+                rcpt_addr=pb.Address(
+                    addr_type=_ADDR_TYPE.get(kind, pb.ADDR_TYPE_UNSPECIFIED), addr=addr
+                ),
+                state=st.get("state", ""),
+                failure_cause=st.get("cause", ""),
+                history=[rpb.StateTime(state=name, at=_ts(int(at))) for name, at in times],
+                attempts=int(st.get("attempts", 0)),
+                report=_text(record.get(f"rep:{rcpt}")) or "",
+            )
+        )
+    return state

@@ -17,3 +17,12 @@ class RouterSettings(CommonSettings):
     state_retention: int = Field(default=86400, ge=0)
     # Documents one inbox GET or Observe notification carries at most.
     inbox_limit: int = Field(default=16, ge=1)
+    # Unacknowledged downlink is sent again after retry_base seconds, doubling up to
+    # retry_max, at most retry_limit times (then it waits for the UE to show up).
+    retry_base: float = Field(default=5.0, gt=0)
+    retry_max: float = Field(default=300.0, gt=0)
+    retry_limit: int = Field(default=8, ge=0)
+    # Seconds between two sweeps for due expiries and retries (one router replica sweeps).
+    sweep_interval: float = Field(default=1.0, gt=0)
+    # Identifies this replica for the sweeper lock; empty means "router-<hostname>-<pid>".
+    router_id: str = ""

@@ -18,6 +18,10 @@ from redis.asyncio import Redis
 
 from msgin5g_common.keys import Keys
 
+# Separates the UE from the inbox ref in the expiry schedule: a UE id never contains it, so
+# the first one is the split even though refs contain it too.
+SEP = "\x1f"
+
 _ACCEPT = """
 if redis.call('HSETNX', KEYS[1], 'doc', ARGV[1]) == 0 then
   local st = redis.call('HGET', KEYS[1], 'st:' .. ARGV[4])
@@ -28,7 +32,8 @@ if redis.call('HSETNX', KEYS[1], 'doc', ARGV[1]) == 0 then
   end
   return {0, redis.call('HGET', KEYS[1], 'outcome') or '', final}
 end
-redis.call('HSET', KEYS[1], 'acceptedAt', ARGV[2], 'rcpt', ARGV[4], 'st:' .. ARGV[4], ARGV[5])
+redis.call('HSET', KEYS[1], 'acceptedAt', ARGV[2], 'rcpt', ARGV[4], 'st:' .. ARGV[4], ARGV[5],
+  'expiresAt', ARGV[6])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return {1, '', 0}
 """
@@ -41,14 +46,17 @@ redis.call('ZADD', KEYS[1], string.format('%.0f', score), ARGV[1])
 return 1
 """
 
+# ARGV[1] = 'exact' followed by candidate refs, or 'suffix' followed by one ref suffix.
 _ACK = """
 local ref = false
-if ARGV[2] == '1' then
-  if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then ref = ARGV[1] end
+if ARGV[1] == 'exact' then
+  for i = 2, #ARGV do
+    if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 1 then ref = ARGV[i]; break end
+  end
 else
-  local n = #ARGV[1]
+  local n = #ARGV[2]
   for _, r in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-    if string.sub(r, -n) == ARGV[1] then ref = r; break end
+    if string.sub(r, -n) == ARGV[2] then ref = r; break end
   end
 end
 if not ref then return {0, redis.call('ZCARD', KEYS[1])} end
@@ -65,12 +73,40 @@ local rank = {ACCEPTED = 0, STORED = 1, FORWARDED = 2, DELIVERED = 3, EXPIRED = 
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur then return 0 end
 local st = cjson.decode(cur)
-if (rank[ARGV[2]] or 0) <= (rank[st.state] or 0) then return 0 end
-st.state = ARGV[2]
-st.times[ARGV[2]] = tonumber(ARGV[3])
-if ARGV[4] ~= '' then st.cause = ARGV[4] end
-redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(st))
-return 1
+local current = rank[st.state] or 0
+if current == 3 then return 0 end
+local changed = 0
+if ARGV[2] == 'FORWARDED' then
+  st.attempts = (st.attempts or 0) + 1
+  changed = 1
+end
+if (rank[ARGV[2]] or 0) > current then
+  st.state = ARGV[2]
+  st.times[ARGV[2]] = tonumber(ARGV[3])
+  if ARGV[4] ~= '' then st.cause = ARGV[4] end
+  changed = 1
+end
+if changed == 1 then redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(st)) end
+return changed
+"""
+
+# Takes one document out of an inbox (expiry, discard); returns it, or nothing.
+_REMOVE = """
+local doc = redis.call('HGET', KEYS[2], ARGV[1])
+if not doc then return false end
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[1], ARGV[1])
+return doc
+"""
+
+# The sweeper lock: taken when free, renewed by its holder.
+_LOCK = """
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
 """
 
 _TOUCH_ROUTE = """
@@ -128,6 +164,8 @@ class RouterStore:
         self._touch_route = redis.register_script(_TOUCH_ROUTE)
         self._renew_route = redis.register_script(_RENEW_ROUTE)
         self._detach_route = redis.register_script(_DETACH_ROUTE)
+        self._remove = redis.register_script(_REMOVE)
+        self._lock = redis.register_script(_LOCK)
 
     # -- registrations (read-only: the registry owns them) -----------------------------------
 
@@ -146,14 +184,15 @@ class RouterStore:
     # -- message records -----------------------------------------------------------------------
 
     async def accept(
-        self, ori: str, msg_id: str, doc: bytes, rcpt: str, ttl_ms: int
+        self, ori: str, msg_id: str, doc: bytes, rcpt: str, ttl_ms: int, expires_ms: int = 0
     ) -> tuple[bool, str, bool]:
         """Creates the record unless it exists: (created, outcome of the earlier copy, whether
         the earlier copy has reached a final state for ``rcpt``)."""
         now = now_ms()
         state = json.dumps({"state": "ACCEPTED", "times": {"ACCEPTED": now}})
         created, outcome, final = await self._accept(
-            keys=[self.keys.message(ori, msg_id)], args=[doc, now, ttl_ms, rcpt, state]
+            keys=[self.keys.message(ori, msg_id)],
+            args=[doc, now, ttl_ms, rcpt, state, expires_ms],
         )
         return bool(created), _text(outcome) or "", bool(final)
 
@@ -168,6 +207,13 @@ class RouterStore:
         )
         return bool(changed)
 
+    async def set_report(self, ori: str, msg_id: str, rcpt: str, deliv_st: int) -> None:
+        """Notes the recipient's delivery report in the message record (if still kept)."""
+        name = {1: "REPT_DELY_SUCCESS", 2: "REPT_DELY_FAILED"}.get(deliv_st, "")
+        key = self.keys.message(ori, msg_id)
+        if await self.redis.exists(key):
+            await self.redis.hset(key, f"rep:{rcpt}", name)
+
     async def record(self, ori: str, msg_id: str) -> dict[str, Any]:
         raw = await self.redis.hgetall(self.keys.message(ori, msg_id))
         return {_text(k) or "": v for k, v in raw.items()}
@@ -180,14 +226,82 @@ class RouterStore:
         )
         return bool(added)
 
-    async def ack(self, ue: str, ref_or_suffix: str, exact: bool) -> Acked:
+    async def ack(self, ue: str, refs: list[str], exact: bool) -> Acked:
+        """Removes the first pending document among ``refs`` (exact), or the first in inbox
+        order whose ref ends with ``refs[0]`` (suffix)."""
         result = await self._ack(
             keys=[self.keys.inbox(ue), self.keys.docs(ue)],
-            args=[ref_or_suffix, "1" if exact else "0"],
+            args=["exact" if exact else "suffix", *refs],
         )
         if not result[0]:
             return Acked(False, int(result[1]))
-        return Acked(True, int(result[1]), _text(result[2]) or "", bytes(result[3]))
+        return Acked(True, int(result[1]), _text(result[2]) or "", _bytes(result[3]))
+
+    async def remove_pending(self, ue: str, ref: str) -> bytes | None:
+        doc = await self._remove(keys=[self.keys.inbox(ue), self.keys.docs(ue)], args=[ref])
+        return None if doc is None else _bytes(doc)
+
+    async def replace_pending(self, ue: str, ref: str, doc: bytes) -> bool:
+        """Rewrites a pending document in place (an updated expiry); False when not pending."""
+        key = self.keys.docs(ue)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hexists(key, ref)
+            pipe.hset(key, ref, doc)
+            exists, _ = await pipe.execute()
+        if not exists:
+            await self.redis.hdel(key, ref)
+        return bool(exists)
+
+    # -- expiry and retry schedules ------------------------------------------------------------
+
+    async def schedule_expiry(self, ue: str, ref: str, expires_ms: int) -> None:
+        await self.redis.zadd(self.keys.expiry(), {f"{ue}{SEP}{ref}": expires_ms})
+
+    async def unschedule_expiry(self, ue: str, ref: str) -> None:
+        await self.redis.zrem(self.keys.expiry(), f"{ue}{SEP}{ref}")
+
+    async def due_expiries(self, now: int, limit: int) -> list[tuple[str, str]]:
+        members = await self.redis.zrangebyscore(self.keys.expiry(), 0, now, start=0, num=limit)
+        pairs = []
+        for member in members:
+            ue, _, ref = (_text(member) or "").partition(SEP)
+            pairs.append((ue, ref))
+        return pairs
+
+    async def count_forward(self, ue: str) -> int:
+        """Counts one more forward of the UE's documents without an acknowledgement."""
+        count = int(await self.redis.incr(self.keys.retry_count(ue)))
+        await self.redis.expire(self.keys.retry_count(ue), 7 * 86400)
+        return count
+
+    async def retry_at(self, ue: str, when_ms: int) -> None:
+        await self.redis.zadd(self.keys.retry(), {ue: when_ms})
+
+    async def clear_retry(self, ue: str) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.delete(self.keys.retry_count(ue))
+            pipe.zrem(self.keys.retry(), ue)
+            await pipe.execute()
+
+    async def claim_due_retries(self, now: int, limit: int) -> list[str]:
+        """UEs whose retry is due, each taken off the schedule by exactly one caller."""
+        members = await self.redis.zrangebyscore(self.keys.retry(), 0, now, start=0, num=limit)
+        claimed = []
+        for member in members:
+            ue = _text(member) or ""
+            if await self.redis.zrem(self.keys.retry(), ue):
+                claimed.append(ue)
+        return claimed
+
+    async def take_lock(self, holder: str, ttl_ms: int) -> bool:
+        return bool(await self._lock(keys=[self.keys.sweeper()], args=[holder, ttl_ms]))
+
+    async def set_record_expiry(self, ori: str, msg_id: str, expires_ms: int, ttl_ms: int) -> None:
+        key = self.keys.message(ori, msg_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, "expiresAt", expires_ms)
+            pipe.pexpire(key, ttl_ms)
+            await pipe.execute()
 
     async def inbox(self, ue: str, limit: int | None) -> tuple[list[tuple[str, bytes]], int]:
         """The first ``limit`` pending documents (all when None) and how many are pending."""

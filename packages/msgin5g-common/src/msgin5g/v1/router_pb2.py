@@ -22,40 +22,59 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from msgin5g.v1 import common_pb2 as msgin5g_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17msgin5g/v1/router.proto\x12\nmsgin5g.v1\x1a\x17msgin5g/v1/common.proto\"_\n\x14SubmitMessageRequest\x12$\n\x07message\x18\x01 \x01(\x0b\x32\x13.msgin5g.v1.Message\x12!\n\x04\x65\x64ge\x18\x02 \x01(\x0b\x32\x13.msgin5g.v1.EdgeRef\"}\n\x15SubmitMessageResponse\x12\x0e\n\x06msg_id\x18\x01 \x01(\t\x12%\n\x06result\x18\x02 \x01(\x0e\x32\x15.msgin5g.v1.MsgResult\x12\x15\n\rfailure_cause\x18\x03 \x01(\t\x12\x16\n\x0e\x66\x61ilure_detail\x18\x04 \x01(\t\"\xbf\x01\n\x12\x41\x63knowledgeRequest\x12\x11\n\tue_svc_id\x18\x01 \x01(\t\x12\x0e\n\x06msg_id\x18\x02 \x01(\t\x12%\n\x08ori_addr\x18\x03 \x01(\x0b\x32\x13.msgin5g.v1.Address\x12%\n\x06result\x18\x04 \x01(\x0e\x32\x15.msgin5g.v1.MsgResult\x12\x15\n\rfailure_cause\x18\x05 \x01(\t\x12!\n\x04\x65\x64ge\x18\x06 \x01(\x0b\x32\x13.msgin5g.v1.EdgeRef\"&\n\x13\x41\x63knowledgeResponse\x12\x0f\n\x07matched\x18\x01 \x01(\x08\"T\n\rAttachRequest\x12\x11\n\tue_svc_id\x18\x01 \x01(\t\x12!\n\x04\x65\x64ge\x18\x02 \x01(\x0b\x32\x13.msgin5g.v1.EdgeRef\x12\r\n\x05\x66lush\x18\x03 \x01(\x08\"\x10\n\x0e\x41ttachResponse\"E\n\rDetachRequest\x12\x11\n\tue_svc_id\x18\x01 \x01(\t\x12!\n\x04\x65\x64ge\x18\x02 \x01(\x0b\x32\x13.msgin5g.v1.EdgeRef\"\x10\n\x0e\x44\x65tachResponse\"K\n\x12RenewLeasesRequest\x12!\n\x04\x65\x64ge\x18\x01 \x01(\x0b\x32\x13.msgin5g.v1.EdgeRef\x12\x12\n\nue_svc_ids\x18\x02 \x03(\t\"\x15\n\x13RenewLeasesResponse\"3\n\x0fGetInboxRequest\x12\x11\n\tue_svc_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\"G\n\x10GetInboxResponse\x12\"\n\x04\x64ocs\x18\x01 \x03(\x0b\x32\x14.msgin5g.v1.Downlink\x12\x0f\n\x07pending\x18\x02 \x01(\r2\xce\x03\n\rRouterService\x12T\n\rSubmitMessage\x12 .msgin5g.v1.SubmitMessageRequest\x1a!.msgin5g.v1.SubmitMessageResponse\x12N\n\x0b\x41\x63knowledge\x12\x1e.msgin5g.v1.AcknowledgeRequest\x1a\x1f.msgin5g.v1.AcknowledgeResponse\x12?\n\x06\x41ttach\x12\x19.msgin5g.v1.AttachRequest\x1a\x1a.msgin5g.v1.AttachResponse\x12?\n\x06\x44\x65tach\x12\x19.msgin5g.v1.DetachRequest\x1a\x1a.msgin5g.v1.DetachResponse\x12N\n\x0bRenewLeases\x12\x1e.msgin5g.v1.RenewLeasesRequest\x1a\x1f.msgin5g.v1.RenewLeasesResponse\x12\x45\n\x08GetInbox\x12\x1b.msgin5g.v1.GetInboxRequest\x1a\x1c.msgin5g.v1.GetInboxResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17msgin5g/v1/router.proto\x12\nmsgin5g.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17msgin5g/v1/common.proto\"_\n\x14SubmitMessageRequest\x12$\n\x07message\x18\x01 \x01(\x0b\x32\x13.msgin5g.v1.Message\x12!\n\x04\x65\x64ge\x18\x02 \x01(\x0b\x32\x13.msgin5g.v1.EdgeRef\"}\n\x15SubmitMessageResponse\x12\x0e\n\x06msg_id\x18\x01 \x01(\t\x12%\n\x06result\x18\x02 \x01(\x0e\x32\x15.msgin5g.v1.MsgResult\x12\x15\n\rfailure_cause\x18\x03 \x01(\t\x12\x16\n\x0e\x66\x61ilure_detail\x18\x04 \x01(\t\"\xbf\x01\n\x12\x41\x63knowledgeRequest\x12\x11\n\tue_svc_id\x18\x01 \x01(\t\x12\x0e\n\x06msg_id\x18\x02 \x01(\t\x12%\n\x08ori_addr\x18\x03 \x01(\x0b\x32\x13.msgin5g.v1.Address\x12%\n\x06result\x18\x04 \x01(\x0e\x32\x15.msgin5g.v1.MsgResult\x12\x15\n\rfailure_cause\x18\x05 \x01(\t\x12!\n\x04\x65\x64ge\x18\x06 \x01(\x0b\x32\x13.msgin5g.v1.EdgeRef\"&\n\x13\x41\x63knowledgeResponse\x12\x0f\n\x07matched\x18\x01 \x01(\x08\"T\n\rAttachRequest\x12\x11\n\tue_svc_id\x18\x01 \x01(\t\x12!\n\x04\x65\x64ge\x18\x02 \x01(\x0b\x32\x13.msgin5g.v1.EdgeRef\x12\r\n\x05\x66lush\x18\x03 \x01(\x08\"\x10\n\x0e\x41ttachResponse\"E\n\rDetachRequest\x12\x11\n\tue_svc_id\x18\x01 \x01(\t\x12!\n\x04\x65\x64ge\x18\x02 \x01(\x0b\x32\x13.msgin5g.v1.EdgeRef\"\x10\n\x0e\x44\x65tachResponse\"K\n\x12RenewLeasesRequest\x12!\n\x04\x65\x64ge\x18\x01 \x01(\x0b\x32\x13.msgin5g.v1.EdgeRef\x12\x12\n\nue_svc_ids\x18\x02 \x03(\t\"\x15\n\x13RenewLeasesResponse\"3\n\x0fGetInboxRequest\x12\x11\n\tue_svc_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\"G\n\x10GetInboxResponse\x12\"\n\x04\x64ocs\x18\x01 \x03(\x0b\x32\x14.msgin5g.v1.Downlink\x12\x0f\n\x07pending\x18\x02 \x01(\r\"X\n\x13SubmitReportRequest\x12\x1e\n\x04imdn\x18\x01 \x01(\x0b\x32\x10.msgin5g.v1.Imdn\x12!\n\x04\x65\x64ge\x18\x02 \x01(\x0b\x32\x13.msgin5g.v1.EdgeRef\"Q\n\x14SubmitReportResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x15\n\rfailure_cause\x18\x02 \x01(\t\x12\x16\n\x0e\x66\x61ilure_detail\x18\x03 \x01(\t\"O\n\x16GetMessageStateRequest\x12%\n\x08ori_addr\x18\x01 \x01(\x0b\x32\x13.msgin5g.v1.Address\x12\x0e\n\x06msg_id\x18\x02 \x01(\t\"B\n\tStateTime\x12\r\n\x05state\x18\x01 \x01(\t\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa8\x01\n\x0eRecipientState\x12&\n\trcpt_addr\x18\x01 \x01(\x0b\x32\x13.msgin5g.v1.Address\x12\r\n\x05state\x18\x02 \x01(\t\x12\x15\n\rfailure_cause\x18\x03 \x01(\t\x12&\n\x07history\x18\x04 \x03(\x0b\x32\x15.msgin5g.v1.StateTime\x12\x10\n\x08\x61ttempts\x18\x05 \x01(\r\x12\x0e\n\x06report\x18\x06 \x01(\t\"\xb4\x02\n\x0cMessageState\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\x0e\n\x06msg_id\x18\x02 \x01(\t\x12%\n\x08ori_addr\x18\x03 \x01(\x0b\x32\x13.msgin5g.v1.Address\x12&\n\tdest_addr\x18\x04 \x01(\x0b\x32\x13.msgin5g.v1.Address\x12%\n\x06result\x18\x05 \x01(\x0e\x32\x15.msgin5g.v1.MsgResult\x12/\n\x0b\x61\x63\x63\x65pted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrecipients\x18\x08 \x03(\x0b\x32\x1a.msgin5g.v1.RecipientState\"\xc9\x01\n\x14UpdateMessageRequest\x12%\n\x08ori_addr\x18\x01 \x01(\x0b\x32\x13.msgin5g.v1.Address\x12\x0e\n\x06msg_id\x18\x02 \x01(\t\x12(\n\x06\x61\x63tion\x18\x03 \x01(\x0e\x32\x18.msgin5g.v1.UpdateAction\x12-\n\texpr_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12!\n\x04\x65\x64ge\x18\x05 \x01(\x0b\x32\x13.msgin5g.v1.EdgeRef\"R\n\x15UpdateMessageResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x15\n\rfailure_cause\x18\x02 \x01(\t\x12\x16\n\x0e\x66\x61ilure_detail\x18\x03 \x01(\t*b\n\x0cUpdateAction\x12\x1d\n\x19UPDATE_ACTION_UNSPECIFIED\x10\x00\x12\x18\n\x14UPDATE_ACTION_UPDATE\x10\x01\x12\x19\n\x15UPDATE_ACTION_DISCARD\x10\x02\x32\xc8\x05\n\rRouterService\x12T\n\rSubmitMessage\x12 .msgin5g.v1.SubmitMessageRequest\x1a!.msgin5g.v1.SubmitMessageResponse\x12N\n\x0b\x41\x63knowledge\x12\x1e.msgin5g.v1.AcknowledgeRequest\x1a\x1f.msgin5g.v1.AcknowledgeResponse\x12?\n\x06\x41ttach\x12\x19.msgin5g.v1.AttachRequest\x1a\x1a.msgin5g.v1.AttachResponse\x12?\n\x06\x44\x65tach\x12\x19.msgin5g.v1.DetachRequest\x1a\x1a.msgin5g.v1.DetachResponse\x12N\n\x0bRenewLeases\x12\x1e.msgin5g.v1.RenewLeasesRequest\x1a\x1f.msgin5g.v1.RenewLeasesResponse\x12\x45\n\x08GetInbox\x12\x1b.msgin5g.v1.GetInboxRequest\x1a\x1c.msgin5g.v1.GetInboxResponse\x12Q\n\x0cSubmitReport\x12\x1f.msgin5g.v1.SubmitReportRequest\x1a .msgin5g.v1.SubmitReportResponse\x12O\n\x0fGetMessageState\x12\".msgin5g.v1.GetMessageStateRequest\x1a\x18.msgin5g.v1.MessageState\x12T\n\rUpdateMessage\x12 .msgin5g.v1.UpdateMessageRequest\x1a!.msgin5g.v1.UpdateMessageResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'msgin5g.v1.router_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SUBMITMESSAGEREQUEST']._serialized_start=64
-  _globals['_SUBMITMESSAGEREQUEST']._serialized_end=159
-  _globals['_SUBMITMESSAGERESPONSE']._serialized_start=161
-  _globals['_SUBMITMESSAGERESPONSE']._serialized_end=286
-  _globals['_ACKNOWLEDGEREQUEST']._serialized_start=289
-  _globals['_ACKNOWLEDGEREQUEST']._serialized_end=480
-  _globals['_ACKNOWLEDGERESPONSE']._serialized_start=482
-  _globals['_ACKNOWLEDGERESPONSE']._serialized_end=520
-  _globals['_ATTACHREQUEST']._serialized_start=522
-  _globals['_ATTACHREQUEST']._serialized_end=606
-  _globals['_ATTACHRESPONSE']._serialized_start=608
-  _globals['_ATTACHRESPONSE']._serialized_end=624
-  _globals['_DETACHREQUEST']._serialized_start=626
-  _globals['_DETACHREQUEST']._serialized_end=695
-  _globals['_DETACHRESPONSE']._serialized_start=697
-  _globals['_DETACHRESPONSE']._serialized_end=713
-  _globals['_RENEWLEASESREQUEST']._serialized_start=715
-  _globals['_RENEWLEASESREQUEST']._serialized_end=790
-  _globals['_RENEWLEASESRESPONSE']._serialized_start=792
-  _globals['_RENEWLEASESRESPONSE']._serialized_end=813
-  _globals['_GETINBOXREQUEST']._serialized_start=815
-  _globals['_GETINBOXREQUEST']._serialized_end=866
-  _globals['_GETINBOXRESPONSE']._serialized_start=868
-  _globals['_GETINBOXRESPONSE']._serialized_end=939
-  _globals['_ROUTERSERVICE']._serialized_start=942
-  _globals['_ROUTERSERVICE']._serialized_end=1404
+  _globals['_UPDATEACTION']._serialized_start=2066
+  _globals['_UPDATEACTION']._serialized_end=2164
+  _globals['_SUBMITMESSAGEREQUEST']._serialized_start=97
+  _globals['_SUBMITMESSAGEREQUEST']._serialized_end=192
+  _globals['_SUBMITMESSAGERESPONSE']._serialized_start=194
+  _globals['_SUBMITMESSAGERESPONSE']._serialized_end=319
+  _globals['_ACKNOWLEDGEREQUEST']._serialized_start=322
+  _globals['_ACKNOWLEDGEREQUEST']._serialized_end=513
+  _globals['_ACKNOWLEDGERESPONSE']._serialized_start=515
+  _globals['_ACKNOWLEDGERESPONSE']._serialized_end=553
+  _globals['_ATTACHREQUEST']._serialized_start=555
+  _globals['_ATTACHREQUEST']._serialized_end=639
+  _globals['_ATTACHRESPONSE']._serialized_start=641
+  _globals['_ATTACHRESPONSE']._serialized_end=657
+  _globals['_DETACHREQUEST']._serialized_start=659
+  _globals['_DETACHREQUEST']._serialized_end=728
+  _globals['_DETACHRESPONSE']._serialized_start=730
+  _globals['_DETACHRESPONSE']._serialized_end=746
+  _globals['_RENEWLEASESREQUEST']._serialized_start=748
+  _globals['_RENEWLEASESREQUEST']._serialized_end=823
+  _globals['_RENEWLEASESRESPONSE']._serialized_start=825
+  _globals['_RENEWLEASESRESPONSE']._serialized_end=846
+  _globals['_GETINBOXREQUEST']._serialized_start=848
+  _globals['_GETINBOXREQUEST']._serialized_end=899
+  _globals['_GETINBOXRESPONSE']._serialized_start=901
+  _globals['_GETINBOXRESPONSE']._serialized_end=972
+  _globals['_SUBMITREPORTREQUEST']._serialized_start=974
+  _globals['_SUBMITREPORTREQUEST']._serialized_end=1062
+  _globals['_SUBMITREPORTRESPONSE']._serialized_start=1064
+  _globals['_SUBMITREPORTRESPONSE']._serialized_end=1145
+  _globals['_GETMESSAGESTATEREQUEST']._serialized_start=1147
+  _globals['_GETMESSAGESTATEREQUEST']._serialized_end=1226
+  _globals['_STATETIME']._serialized_start=1228
+  _globals['_STATETIME']._serialized_end=1294
+  _globals['_RECIPIENTSTATE']._serialized_start=1297
+  _globals['_RECIPIENTSTATE']._serialized_end=1465
+  _globals['_MESSAGESTATE']._serialized_start=1468
+  _globals['_MESSAGESTATE']._serialized_end=1776
+  _globals['_UPDATEMESSAGEREQUEST']._serialized_start=1779
+  _globals['_UPDATEMESSAGEREQUEST']._serialized_end=1980
+  _globals['_UPDATEMESSAGERESPONSE']._serialized_start=1982
+  _globals['_UPDATEMESSAGERESPONSE']._serialized_end=2064
+  _globals['_ROUTERSERVICE']._serialized_start=2167
+  _globals['_ROUTERSERVICE']._serialized_end=2879
 # @@protoc_insertion_point(module_scope)

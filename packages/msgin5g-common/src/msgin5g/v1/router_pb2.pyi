@@ -6,7 +6,9 @@ RouterService: message acceptance, storage, dispatch and acknowledgement."""
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from msgin5g.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
@@ -18,6 +20,27 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _UpdateAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _UpdateActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UpdateAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    UPDATE_ACTION_UNSPECIFIED: _UpdateAction.ValueType  # 0
+    UPDATE_ACTION_UPDATE: _UpdateAction.ValueType  # 1
+    """Set a new expiry time (expr_time)."""
+    UPDATE_ACTION_DISCARD: _UpdateAction.ValueType  # 2
+    """Withdraw the message from every recipient that has not received it yet."""
+
+class UpdateAction(_UpdateAction, metaclass=_UpdateActionEnumTypeWrapper): ...
+
+UPDATE_ACTION_UNSPECIFIED: UpdateAction.ValueType  # 0
+UPDATE_ACTION_UPDATE: UpdateAction.ValueType  # 1
+"""Set a new expiry time (expr_time)."""
+UPDATE_ACTION_DISCARD: UpdateAction.ValueType  # 2
+"""Withdraw the message from every recipient that has not received it yet."""
+Global___UpdateAction: _TypeAlias = UpdateAction  # noqa: Y015
 
 @_typing.final
 class SubmitMessageRequest(_message.Message):
@@ -296,3 +319,248 @@ class GetInboxResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetInboxResponse: _TypeAlias = GetInboxResponse  # noqa: Y015
+
+@_typing.final
+class SubmitReportRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMDN_FIELD_NUMBER: _builtins.int
+    EDGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def imdn(self) -> _common_pb2.Imdn: ...
+    @_builtins.property
+    def edge(self) -> _common_pb2.EdgeRef: ...
+    def __init__(
+        self,
+        *,
+        imdn: _common_pb2.Imdn | None = ...,
+        edge: _common_pb2.EdgeRef | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["edge", b"edge", "imdn", b"imdn"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["edge", b"edge", "imdn", b"imdn"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitReportRequest: _TypeAlias = SubmitReportRequest  # noqa: Y015
+
+@_typing.final
+class SubmitReportResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OK_FIELD_NUMBER: _builtins.int
+    FAILURE_CAUSE_FIELD_NUMBER: _builtins.int
+    FAILURE_DETAIL_FIELD_NUMBER: _builtins.int
+    ok: _builtins.bool
+    failure_cause: _builtins.str
+    failure_detail: _builtins.str
+    def __init__(
+        self,
+        *,
+        ok: _builtins.bool = ...,
+        failure_cause: _builtins.str = ...,
+        failure_detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failure_cause", b"failure_cause", "failure_detail", b"failure_detail", "ok", b"ok"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitReportResponse: _TypeAlias = SubmitReportResponse  # noqa: Y015
+
+@_typing.final
+class GetMessageStateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORI_ADDR_FIELD_NUMBER: _builtins.int
+    MSG_ID_FIELD_NUMBER: _builtins.int
+    msg_id: _builtins.str
+    @_builtins.property
+    def ori_addr(self) -> _common_pb2.Address: ...
+    def __init__(
+        self,
+        *,
+        ori_addr: _common_pb2.Address | None = ...,
+        msg_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ori_addr", b"ori_addr"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["msg_id", b"msg_id", "ori_addr", b"ori_addr"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMessageStateRequest: _TypeAlias = GetMessageStateRequest  # noqa: Y015
+
+@_typing.final
+class StateTime(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    state: _builtins.str
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        state: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StateTime: _TypeAlias = StateTime  # noqa: Y015
+
+@_typing.final
+class RecipientState(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RCPT_ADDR_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    FAILURE_CAUSE_FIELD_NUMBER: _builtins.int
+    HISTORY_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    REPORT_FIELD_NUMBER: _builtins.int
+    state: _builtins.str
+    """ACCEPTED, STORED, FORWARDED, DELIVERED, EXPIRED or FAILED."""
+    failure_cause: _builtins.str
+    attempts: _builtins.int
+    """How many times the message was forwarded to the recipient's edge."""
+    report: _builtins.str
+    """The delivery status report the recipient sent, if any (REPT_DELY_SUCCESS / _FAILED)."""
+    @_builtins.property
+    def rcpt_addr(self) -> _common_pb2.Address: ...
+    @_builtins.property
+    def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___StateTime]:
+        """When the message reached each state, in order."""
+
+    def __init__(
+        self,
+        *,
+        rcpt_addr: _common_pb2.Address | None = ...,
+        state: _builtins.str = ...,
+        failure_cause: _builtins.str = ...,
+        history: _abc.Iterable[Global___StateTime] | None = ...,
+        attempts: _builtins.int = ...,
+        report: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rcpt_addr", b"rcpt_addr"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "failure_cause", b"failure_cause", "history", b"history", "rcpt_addr", b"rcpt_addr", "report", b"report", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecipientState: _TypeAlias = RecipientState  # noqa: Y015
+
+@_typing.final
+class MessageState(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FOUND_FIELD_NUMBER: _builtins.int
+    MSG_ID_FIELD_NUMBER: _builtins.int
+    ORI_ADDR_FIELD_NUMBER: _builtins.int
+    DEST_ADDR_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    ACCEPTED_AT_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    RECIPIENTS_FIELD_NUMBER: _builtins.int
+    found: _builtins.bool
+    msg_id: _builtins.str
+    result: _common_pb2.MsgResult.ValueType
+    """The outcome the originator was told."""
+    @_builtins.property
+    def ori_addr(self) -> _common_pb2.Address: ...
+    @_builtins.property
+    def dest_addr(self) -> _common_pb2.Address: ...
+    @_builtins.property
+    def accepted_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def recipients(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecipientState]: ...
+    def __init__(
+        self,
+        *,
+        found: _builtins.bool = ...,
+        msg_id: _builtins.str = ...,
+        ori_addr: _common_pb2.Address | None = ...,
+        dest_addr: _common_pb2.Address | None = ...,
+        result: _common_pb2.MsgResult.ValueType = ...,
+        accepted_at: _timestamp_pb2.Timestamp | None = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        recipients: _abc.Iterable[Global___RecipientState] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "dest_addr", b"dest_addr", "expires_at", b"expires_at", "ori_addr", b"ori_addr"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "dest_addr", b"dest_addr", "expires_at", b"expires_at", "found", b"found", "msg_id", b"msg_id", "ori_addr", b"ori_addr", "recipients", b"recipients", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MessageState: _TypeAlias = MessageState  # noqa: Y015
+
+@_typing.final
+class UpdateMessageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORI_ADDR_FIELD_NUMBER: _builtins.int
+    MSG_ID_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    EXPR_TIME_FIELD_NUMBER: _builtins.int
+    EDGE_FIELD_NUMBER: _builtins.int
+    msg_id: _builtins.str
+    action: Global___UpdateAction.ValueType
+    @_builtins.property
+    def ori_addr(self) -> _common_pb2.Address:
+        """The originator; only it may change its message."""
+
+    @_builtins.property
+    def expr_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def edge(self) -> _common_pb2.EdgeRef:
+        """Set when a UE asks through an edge; empty for the management API."""
+
+    def __init__(
+        self,
+        *,
+        ori_addr: _common_pb2.Address | None = ...,
+        msg_id: _builtins.str = ...,
+        action: Global___UpdateAction.ValueType = ...,
+        expr_time: _timestamp_pb2.Timestamp | None = ...,
+        edge: _common_pb2.EdgeRef | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["edge", b"edge", "expr_time", b"expr_time", "ori_addr", b"ori_addr"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "edge", b"edge", "expr_time", b"expr_time", "msg_id", b"msg_id", "ori_addr", b"ori_addr"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateMessageRequest: _TypeAlias = UpdateMessageRequest  # noqa: Y015
+
+@_typing.final
+class UpdateMessageResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OK_FIELD_NUMBER: _builtins.int
+    FAILURE_CAUSE_FIELD_NUMBER: _builtins.int
+    FAILURE_DETAIL_FIELD_NUMBER: _builtins.int
+    ok: _builtins.bool
+    failure_cause: _builtins.str
+    failure_detail: _builtins.str
+    def __init__(
+        self,
+        *,
+        ok: _builtins.bool = ...,
+        failure_cause: _builtins.str = ...,
+        failure_detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failure_cause", b"failure_cause", "failure_detail", b"failure_detail", "ok", b"ok"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateMessageResponse: _TypeAlias = UpdateMessageResponse  # noqa: Y015

@@ -64,6 +64,21 @@ class RouterServiceStub:
                 request_serializer=msgin5g_dot_v1_dot_router__pb2.GetInboxRequest.SerializeToString,
                 response_deserializer=msgin5g_dot_v1_dot_router__pb2.GetInboxResponse.FromString,
                 _registered_method=True)
+        self.SubmitReport = channel.unary_unary(
+                '/msgin5g.v1.RouterService/SubmitReport',
+                request_serializer=msgin5g_dot_v1_dot_router__pb2.SubmitReportRequest.SerializeToString,
+                response_deserializer=msgin5g_dot_v1_dot_router__pb2.SubmitReportResponse.FromString,
+                _registered_method=True)
+        self.GetMessageState = channel.unary_unary(
+                '/msgin5g.v1.RouterService/GetMessageState',
+                request_serializer=msgin5g_dot_v1_dot_router__pb2.GetMessageStateRequest.SerializeToString,
+                response_deserializer=msgin5g_dot_v1_dot_router__pb2.MessageState.FromString,
+                _registered_method=True)
+        self.UpdateMessage = channel.unary_unary(
+                '/msgin5g.v1.RouterService/UpdateMessage',
+                request_serializer=msgin5g_dot_v1_dot_router__pb2.UpdateMessageRequest.SerializeToString,
+                response_deserializer=msgin5g_dot_v1_dot_router__pb2.UpdateMessageResponse.FromString,
+                _registered_method=True)
 
 
 class RouterServiceServicer:
@@ -112,6 +127,27 @@ class RouterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitReport(self, request, context):
+        """An IMDN from the recipient of a message, forwarded to the message's originator.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMessageState(self, request, context):
+        """A message's state per recipient (the management API and the originator ask).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateMessage(self, request, context):
+        """The originator changes the expiry of its stored message, or discards it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -144,6 +180,21 @@ def add_RouterServiceServicer_to_server(servicer, server):
                     servicer.GetInbox,
                     request_deserializer=msgin5g_dot_v1_dot_router__pb2.GetInboxRequest.FromString,
                     response_serializer=msgin5g_dot_v1_dot_router__pb2.GetInboxResponse.SerializeToString,
+            ),
+            'SubmitReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitReport,
+                    request_deserializer=msgin5g_dot_v1_dot_router__pb2.SubmitReportRequest.FromString,
+                    response_serializer=msgin5g_dot_v1_dot_router__pb2.SubmitReportResponse.SerializeToString,
+            ),
+            'GetMessageState': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMessageState,
+                    request_deserializer=msgin5g_dot_v1_dot_router__pb2.GetMessageStateRequest.FromString,
+                    response_serializer=msgin5g_dot_v1_dot_router__pb2.MessageState.SerializeToString,
+            ),
+            'UpdateMessage': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateMessage,
+                    request_deserializer=msgin5g_dot_v1_dot_router__pb2.UpdateMessageRequest.FromString,
+                    response_serializer=msgin5g_dot_v1_dot_router__pb2.UpdateMessageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -308,6 +359,87 @@ class RouterService:
             '/msgin5g.v1.RouterService/GetInbox',
             msgin5g_dot_v1_dot_router__pb2.GetInboxRequest.SerializeToString,
             msgin5g_dot_v1_dot_router__pb2.GetInboxResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/msgin5g.v1.RouterService/SubmitReport',
+            msgin5g_dot_v1_dot_router__pb2.SubmitReportRequest.SerializeToString,
+            msgin5g_dot_v1_dot_router__pb2.SubmitReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMessageState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/msgin5g.v1.RouterService/GetMessageState',
+            msgin5g_dot_v1_dot_router__pb2.GetMessageStateRequest.SerializeToString,
+            msgin5g_dot_v1_dot_router__pb2.MessageState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/msgin5g.v1.RouterService/UpdateMessage',
+            msgin5g_dot_v1_dot_router__pb2.UpdateMessageRequest.SerializeToString,
+            msgin5g_dot_v1_dot_router__pb2.UpdateMessageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,12 @@ class RouterServiceStub:
     """Keeps the route leases of the UEs an edge replica holds alive, in one call."""
     GetInbox: _grpc.UnaryUnaryMultiCallable[_router_pb2.GetInboxRequest, _router_pb2.GetInboxResponse]
     """The UE's pending downlink documents, HIGH priority first, then oldest first."""
+    SubmitReport: _grpc.UnaryUnaryMultiCallable[_router_pb2.SubmitReportRequest, _router_pb2.SubmitReportResponse]
+    """An IMDN from the recipient of a message, forwarded to the message's originator."""
+    GetMessageState: _grpc.UnaryUnaryMultiCallable[_router_pb2.GetMessageStateRequest, _router_pb2.MessageState]
+    """A message's state per recipient (the management API and the originator ask)."""
+    UpdateMessage: _grpc.UnaryUnaryMultiCallable[_router_pb2.UpdateMessageRequest, _router_pb2.UpdateMessageResponse]
+    """The originator changes the expiry of its stored message, or discards it."""
 
 @_typing.type_check_only
 class RouterServiceAsyncStub(RouterServiceStub):
@@ -63,6 +69,12 @@ class RouterServiceAsyncStub(RouterServiceStub):
     """Keeps the route leases of the UEs an edge replica holds alive, in one call."""
     GetInbox: _aio.UnaryUnaryMultiCallable[_router_pb2.GetInboxRequest, _router_pb2.GetInboxResponse]  # type: ignore[assignment]
     """The UE's pending downlink documents, HIGH priority first, then oldest first."""
+    SubmitReport: _aio.UnaryUnaryMultiCallable[_router_pb2.SubmitReportRequest, _router_pb2.SubmitReportResponse]  # type: ignore[assignment]
+    """An IMDN from the recipient of a message, forwarded to the message's originator."""
+    GetMessageState: _aio.UnaryUnaryMultiCallable[_router_pb2.GetMessageStateRequest, _router_pb2.MessageState]  # type: ignore[assignment]
+    """A message's state per recipient (the management API and the originator ask)."""
+    UpdateMessage: _aio.UnaryUnaryMultiCallable[_router_pb2.UpdateMessageRequest, _router_pb2.UpdateMessageResponse]  # type: ignore[assignment]
+    """The originator changes the expiry of its stored message, or discards it."""
 
 class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -114,5 +126,29 @@ class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_router_pb2.GetInboxResponse, _abc.Awaitable[_router_pb2.GetInboxResponse]]:
         """The UE's pending downlink documents, HIGH priority first, then oldest first."""
+
+    @_abc_1.abstractmethod
+    def SubmitReport(
+        self,
+        request: _router_pb2.SubmitReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_router_pb2.SubmitReportResponse, _abc.Awaitable[_router_pb2.SubmitReportResponse]]:
+        """An IMDN from the recipient of a message, forwarded to the message's originator."""
+
+    @_abc_1.abstractmethod
+    def GetMessageState(
+        self,
+        request: _router_pb2.GetMessageStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_router_pb2.MessageState, _abc.Awaitable[_router_pb2.MessageState]]:
+        """A message's state per recipient (the management API and the originator ask)."""
+
+    @_abc_1.abstractmethod
+    def UpdateMessage(
+        self,
+        request: _router_pb2.UpdateMessageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_router_pb2.UpdateMessageResponse, _abc.Awaitable[_router_pb2.UpdateMessageResponse]]:
+        """The originator changes the expiry of its stored message, or discards it."""
 
 def add_RouterServiceServicer_to_server(servicer: RouterServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,69 @@
+"""Expiry of stored messages and retries of unacknowledged downlink.
+
+Any router replica may run the sweeper; a lock in Redis lets one of them sweep at a time, and
+every step is idempotent (an entry is taken off a schedule only after it has been handled), so
+a replica that dies mid-sweep leaves work that the next sweep finishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from msgin5g.v1 import common_pb2 as pb
+from msgin5g_router import domain
+from msgin5g_router.dispatch import Dispatcher
+from msgin5g_router.reports import Reports
+from msgin5g_router.store import RouterStore, now_ms
+
+log = logging.getLogger("msgin5g.router.sweeper")
+
+BATCH = 200
+
+
+class Sweeper:
+    def __init__(
+        self,
+        store: RouterStore,
+        dispatcher: Dispatcher,
+        reports: Reports,
+        holder: str,
+        interval: float,
+    ) -> None:
+        self.store = store
+        self.dispatcher = dispatcher
+        self.reports = reports
+        self.holder = holder
+        self.interval = interval
+
+    async def run(self) -> None:
+        while True:
+            try:
+                if await self.store.take_lock(self.holder, int(self.interval * 5000)):
+                    await self.sweep()
+            except Exception:
+                log.exception("sweep failed")
+            await asyncio.sleep(self.interval)
+
+    async def sweep(self) -> None:
+        now = now_ms()
+        for ue, ref in await self.store.due_expiries(now, BATCH):
+            await self.expire(ue, ref)
+        for ue in await self.store.claim_due_retries(now, BATCH):
+            log.info("retry", extra={"ueSvcId": ue})
+            self.dispatcher.spawn(ue)
+
+    async def expire(self, ue: str, ref: str) -> None:
+        """Withdraws one expired document from the UE's inbox, records EXPIRED and reports it
+        to the originator when a report was asked for."""
+        raw = await self.store.remove_pending(ue, ref)
+        if raw is not None:
+            doc = pb.Downlink.FromString(raw)
+            if doc.WhichOneof("doc") == "msg":
+                msg = doc.msg
+                ori = domain.address_key(msg.ori_addr)
+                await self.store.set_state(ori, msg.msg_id, f"UE:{ue}", "EXPIRED", "EXPIRED")
+                log.info("expired", extra={"msgId": msg.msg_id, "ori": ori, "ueSvcId": ue})
+                if msg.deliv_st_req_ind:
+                    await self.reports.failed(msg, ue, "EXPIRED")
+        await self.store.unschedule_expiry(ue, ref)
