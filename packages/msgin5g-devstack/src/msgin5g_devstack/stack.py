@@ -26,7 +26,8 @@ from typing import Any, Self
 log = logging.getLogger("msgin5g.devstack")
 
 HOST = "127.0.0.1"
-SERVICES = ("registry", "router", "coap-edge", "mqtt-edge")
+# The router first: the registry and the edges are its clients.
+SERVICES = ("router", "registry", "coap-edge", "mqtt-edge")
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 

@@ -101,18 +101,28 @@ class RouterServicer(rgrpc.RouterServiceServicer):
             if expires <= now:
                 return _failed(msg.msg_id, Cause.EXPIRED, "stoAndFwParams.exprTime is in the past")
         ttl_ms = int((expires - now + self.settings.state_retention) * 1000)
+        expires_ms = int(expires * 1000)
+        reachable = await self.dispatcher.resolve(rcpt_ue) is not None
+        sto_and_fw = msg.sto_and_fw_ind if msg.HasField("sto_and_fw_ind") else True
+        if not reachable and not sto_and_fw:
+            return _failed(
+                msg.msg_id,
+                Cause.RECIPIENT_UNREACHABLE,
+                f"UE {rcpt_ue} is not reachable now and stoAndFwInd is false",
+            )
 
         ori_key = domain.address_key(msg.ori_addr)
         rcpt_key = domain.address_key(msg.dest_addr)
         ref = domain.msg_ref(msg.ori_addr, msg.msg_id)
         doc = pb.Downlink(msg=msg).SerializeToString()
         created, earlier, finished = await self.store.accept(
-            ori_key, msg.msg_id, doc, rcpt_key, ttl_ms
+            ori_key, msg.msg_id, doc, rcpt_key, ttl_ms, expires_ms
         )
         if not finished:
             # Also on a duplicate that is still under way: it repairs a record whose enqueue
-            # a crash interrupted (the enqueue is idempotent).
+            # a crash interrupted (the enqueue and the schedule are idempotent).
             await self.store.enqueue(rcpt_ue, ref, doc, domain.priority_rank(msg.priority))
+            await self.store.schedule_expiry(rcpt_ue, ref, expires_ms)
         if not created:
             log.info("duplicate", extra={"msgId": msg.msg_id, "ori": ori_key, "outcome": earlier})
             return rpb.SubmitMessageResponse(
@@ -120,7 +130,6 @@ class RouterServicer(rgrpc.RouterServiceServicer):
                 result=RESULT.get(earlier, pb.MSG_RESULT_ACCEPTED),
                 failure_cause=Cause.DUPLICATE.value,
             )
-        reachable = await self.dispatcher.resolve(rcpt_ue) is not None
         outcome = "ACCEPTED" if reachable else "STORED"
         await self.store.set_outcome(ori_key, msg.msg_id, outcome)
         if not reachable:
