@@ -64,6 +64,8 @@ class RouterServicer(rgrpc.RouterServiceServicer):
         lease moved (or on an explicit wake-up)."""
         changed = await self.store.touch_route(ue, kind, edge_id, self.lease_ms)
         if changed or flush:
+            # The UE is back: its retries start over from the shortest delay.
+            await self.store.clear_retry(ue)
             self.dispatcher.spawn(ue)
 
     async def _seen(self, ue: str, kind: str, edge_id: str) -> None:
