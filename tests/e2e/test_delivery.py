@@ -9,12 +9,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 import pytest_asyncio
 from aiocoap.numbers.codes import Code
 
+from msgin5g.v1 import common_pb2 as pb
+from msgin5g.v1 import edge_pb2 as epb
+from msgin5g.v1 import edge_pb2_grpc as egrpc
 from msgin5g_client import CoapUe, MqttUe, RequestFailed
+from msgin5g_common import convert
 from msgin5g_common import header as h
 from msgin5g_devstack.stack import Stack
 from tests.conftest import new_ue_id, stack_config
@@ -313,3 +318,31 @@ async def test_bad_reports_and_updates_get_clear_errors_and_change_nothing(stack
         state = await _state(stack, sent.msg_id, a.ue_svc_id)
         rcpt = _only(state)
         assert rcpt["deliveryReport"] is None
+
+
+@pytest.mark.parametrize("transport", ["coap", "mqtt"])
+async def test_edge_refuses_a_delivery_meant_for_another_replica(
+    stack: Stack, transport: str
+) -> None:
+    ue: CoapUe | MqttUe = (
+        CoapUe(new_ue_id("coap-b"), stack.coap_addr)
+        if transport == "coap"
+        else MqttUe(new_ue_id("mqtt-b"), stack.mqtt_addr)
+    )
+    port = stack.ports.coap_edge_grpc if transport == "coap" else stack.ports.mqtt_edge_grpc
+    own_id = stack.service_env(f"{transport}-edge")["MSGIN5G_EDGE_ID"]
+    msg = h.Msg("fenced", h.Address(h.AddrType.UE, "someone"),
+                h.Address(h.AddrType.UE, ue.ue_svc_id), payload="x")  # fmt: skip
+    request = epb.DeliverRequest(
+        ue_svc_id=ue.ue_svc_id, docs=[pb.Downlink(msg=convert.msg_to_pb(msg))], snapshot=True
+    )
+    async with ue, grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        await ue.register()
+        await ue.start_observing()
+        edge = egrpc.EdgeServiceStub(channel)
+        request.edge_id = "a-replica-that-died"
+        assert (await edge.Deliver(request, timeout=5)).forwarded is False
+        request.edge_id = own_id
+        assert (await edge.Deliver(request, timeout=5)).forwarded is True
+        # Only the delivery meant for this replica reached the UE.
+        assert (await ue.receive()).msg_id == "fenced"

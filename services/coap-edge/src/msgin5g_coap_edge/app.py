@@ -26,12 +26,19 @@ log = logging.getLogger("msgin5g.coap_edge")
 
 
 class EdgeServicer(egrpc.EdgeServiceServicer):
-    def __init__(self, api: CoapApi) -> None:
+    def __init__(self, api: CoapApi, edge_id: str) -> None:
         self.api = api
+        self.edge_id = edge_id
 
     async def Deliver(  # noqa: N802 - gRPC method names are the proto's
         self, request: epb.DeliverRequest, context: Context
     ) -> epb.DeliverResponse:
+        if request.edge_id and request.edge_id != self.edge_id:
+            log.warning(
+                "delivery meant for another replica refused",
+                extra={"ueSvcId": request.ue_svc_id, "meant": request.edge_id},
+            )
+            return epb.DeliverResponse(forwarded=False)
         docs = [convert.downlink_from_pb(d) for d in request.docs]
         return epb.DeliverResponse(forwarded=self.api.notify(request.ue_svc_id, docs))
 
@@ -62,7 +69,9 @@ async def serve(settings: CoapEdgeSettings, stop: asyncio.Event) -> None:
     await redis.ping()
 
     grpc_server = GrpcServer(["msgin5g.v1.EdgeService"])
-    grpc_server.add(lambda s: egrpc.add_EdgeServiceServicer_to_server(EdgeServicer(api), s))
+    grpc_server.add(
+        lambda s: egrpc.add_EdgeServiceServicer_to_server(EdgeServicer(api, edge_id), s)
+    )
     grpc_port = await grpc_server.start(settings.edge_grpc_bind)
     advertise = settings.edge_advertise_addr or f"{host_of(settings.edge_grpc_bind)}:{grpc_port}"
 

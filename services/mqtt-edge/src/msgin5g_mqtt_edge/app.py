@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from redis.asyncio import Redis
 
@@ -18,14 +19,23 @@ from msgin5g_common.uplink import UplinkHandler
 from msgin5g_mqtt_edge.bridge import MqttBridge
 from msgin5g_mqtt_edge.settings import MqttEdgeSettings
 
+log = logging.getLogger("msgin5g.mqtt_edge")
+
 
 class EdgeServicer(egrpc.EdgeServiceServicer):
-    def __init__(self, bridge: MqttBridge) -> None:
+    def __init__(self, bridge: MqttBridge, edge_id: str) -> None:
         self.bridge = bridge
+        self.edge_id = edge_id
 
     async def Deliver(  # noqa: N802 - gRPC method names are the proto's
         self, request: epb.DeliverRequest, context: Context
     ) -> epb.DeliverResponse:
+        if request.edge_id and request.edge_id != self.edge_id:
+            log.warning(
+                "delivery meant for another replica refused",
+                extra={"ueSvcId": request.ue_svc_id, "meant": request.edge_id},
+            )
+            return epb.DeliverResponse(forwarded=False)
         for doc in request.docs:
             payload = h.encode(convert.downlink_from_pb(doc))
             if not await self.bridge.publish(request.ue_svc_id, payload):
@@ -44,7 +54,9 @@ async def serve(settings: MqttEdgeSettings, stop: asyncio.Event) -> None:
     redis = Redis.from_url(settings.redis_url)
     await redis.ping()
     grpc_server = GrpcServer(["msgin5g.v1.EdgeService"])
-    grpc_server.add(lambda s: egrpc.add_EdgeServiceServicer_to_server(EdgeServicer(bridge), s))
+    grpc_server.add(
+        lambda s: egrpc.add_EdgeServiceServicer_to_server(EdgeServicer(bridge, edge_id), s)
+    )
     grpc_port = await grpc_server.start(settings.edge_grpc_bind)
     advertise = settings.edge_advertise_addr or f"{host_of(settings.edge_grpc_bind)}:{grpc_port}"
 

@@ -146,7 +146,10 @@ class Dispatcher:
         docs = [pb.Downlink.FromString(d) for _, d in pairs]
         try:
             reply = await self.clients.stub(address).Deliver(
-                epb.DeliverRequest(ue_svc_id=ue, docs=docs, snapshot=snapshot), timeout=self.timeout
+                epb.DeliverRequest(
+                    ue_svc_id=ue, docs=docs, snapshot=snapshot, edge_id=route.edge_id
+                ),
+                timeout=self.timeout,
             )
         except grpc.aio.AioRpcError as exc:
             log.warning(

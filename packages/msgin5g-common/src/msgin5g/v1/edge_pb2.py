@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from msgin5g.v1 import common_pb2 as msgin5g_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15msgin5g/v1/edge.proto\x12\nmsgin5g.v1\x1a\x17msgin5g/v1/common.proto\"Y\n\x0e\x44\x65liverRequest\x12\x11\n\tue_svc_id\x18\x01 \x01(\t\x12\"\n\x04\x64ocs\x18\x02 \x03(\x0b\x32\x14.msgin5g.v1.Downlink\x12\x10\n\x08snapshot\x18\x03 \x01(\x08\"$\n\x0f\x44\x65liverResponse\x12\x11\n\tforwarded\x18\x01 \x01(\x08\x32Q\n\x0b\x45\x64geService\x12\x42\n\x07\x44\x65liver\x12\x1a.msgin5g.v1.DeliverRequest\x1a\x1b.msgin5g.v1.DeliverResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15msgin5g/v1/edge.proto\x12\nmsgin5g.v1\x1a\x17msgin5g/v1/common.proto\"j\n\x0e\x44\x65liverRequest\x12\x11\n\tue_svc_id\x18\x01 \x01(\t\x12\"\n\x04\x64ocs\x18\x02 \x03(\x0b\x32\x14.msgin5g.v1.Downlink\x12\x10\n\x08snapshot\x18\x03 \x01(\x08\x12\x0f\n\x07\x65\x64ge_id\x18\x04 \x01(\t\"$\n\x0f\x44\x65liverResponse\x12\x11\n\tforwarded\x18\x01 \x01(\x08\x32Q\n\x0b\x45\x64geService\x12\x42\n\x07\x44\x65liver\x12\x1a.msgin5g.v1.DeliverRequest\x1a\x1b.msgin5g.v1.DeliverResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,9 +33,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'msgin5g.v1.edge_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DELIVERREQUEST']._serialized_start=62
-  _globals['_DELIVERREQUEST']._serialized_end=151
-  _globals['_DELIVERRESPONSE']._serialized_start=153
-  _globals['_DELIVERRESPONSE']._serialized_end=189
-  _globals['_EDGESERVICE']._serialized_start=191
-  _globals['_EDGESERVICE']._serialized_end=272
+  _globals['_DELIVERREQUEST']._serialized_end=168
+  _globals['_DELIVERRESPONSE']._serialized_start=170
+  _globals['_DELIVERRESPONSE']._serialized_end=206
+  _globals['_EDGESERVICE']._serialized_start=208
+  _globals['_EDGESERVICE']._serialized_end=289
 # @@protoc_insertion_point(module_scope)

@@ -26,10 +26,15 @@ class DeliverRequest(_message.Message):
     UE_SVC_ID_FIELD_NUMBER: _builtins.int
     DOCS_FIELD_NUMBER: _builtins.int
     SNAPSHOT_FIELD_NUMBER: _builtins.int
+    EDGE_ID_FIELD_NUMBER: _builtins.int
     ue_svc_id: _builtins.str
     snapshot: _builtins.bool
     """True when docs is the UE's whole (bounded) inbox, as CoAP Observe notifies it;
     false when docs are new documents to send one by one (MQTT).
+    """
+    edge_id: _builtins.str
+    """The replica the router means (from the UE's route lease). A replica that is not this one
+    refuses the delivery: an address reused by a new replica (a pod IP) is not the old one.
     """
     @_builtins.property
     def docs(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Downlink]: ...
@@ -39,10 +44,11 @@ class DeliverRequest(_message.Message):
         ue_svc_id: _builtins.str = ...,
         docs: _abc.Iterable[_common_pb2.Downlink] | None = ...,
         snapshot: _builtins.bool = ...,
+        edge_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["docs", b"docs", "snapshot", b"snapshot", "ue_svc_id", b"ue_svc_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["docs", b"docs", "edge_id", b"edge_id", "snapshot", b"snapshot", "ue_svc_id", b"ue_svc_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
