@@ -13,6 +13,9 @@ class CommonSettings(BaseSettings):
     log_level: str = "INFO"
     # Seconds a gRPC call between services may take before it counts as failed.
     grpc_timeout: float = 5.0
+    # Prometheus /metrics; port 0 picks a free one (several services on one machine).
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9100
 
 
 class EdgeSettings(CommonSettings):

@@ -19,7 +19,7 @@ from msgin5g.v1 import registry_pb2 as regpb
 from msgin5g.v1 import registry_pb2_grpc as reggrpc
 from msgin5g.v1 import router_pb2 as rpb
 from msgin5g.v1 import router_pb2_grpc as rgrpc
-from msgin5g_common import convert
+from msgin5g_common import convert, metrics
 from msgin5g_common import header as h
 from msgin5g_common.errors import Cause, InvalidDocument, Msgin5gError, Overloaded, error_for
 from msgin5g_common.grpcutil import channel
@@ -62,14 +62,24 @@ class UplinkHandler:
 
     async def handle(self, doc: h.Uplink) -> Reply:
         """Serves one uplink document; infrastructure failures become OVERLOADED replies."""
+        kind = type(doc).__name__.upper()
+        metrics.MESSAGES.labels("in", kind, self.transport).inc()
         try:
-            return await self._handle(doc)
+            with metrics.timed("core", kind):
+                reply = await self._handle(doc)
         except grpc.aio.AioRpcError as exc:
             log.warning(
                 "backend call failed", extra={"code": exc.code().name, "detail": exc.details()}
             )
             err = Overloaded(f"backend unavailable: {exc.code().name}")
-            return Reply(None, err.cause, err.detail)
+            reply = Reply(None, err.cause, err.detail)
+        if reply.cause is not None:
+            metrics.ERRORS.labels(reply.cause.value).inc()
+        return reply
+
+    @property
+    def transport(self) -> str:
+        return "coap" if self.edge.kind == pb.EDGE_KIND_COAP else "mqtt"
 
     async def _handle(self, doc: h.Uplink) -> Reply:
         match doc:
@@ -194,5 +204,6 @@ class UplinkHandler:
 
 def failure_reply(raw: bytes | str, err: Msgin5gError, sender: str = "") -> Reply:
     """The reply to a document that failed before reaching a backend."""
+    metrics.ERRORS.labels(err.cause.value).inc()
     doc = h.failure_response(raw, err.cause.value, err.detail, sender)
     return Reply(doc, err.cause, err.detail)

@@ -171,6 +171,9 @@ class Stack:
             "MSGIN5G_COAP_PORT": str(p.coap),
             "MSGIN5G_HTTP_HOST": HOST,
             "MSGIN5G_HTTP_PORT": str(p.http),
+            # Four services on one machine: each takes a free port for /metrics.
+            "MSGIN5G_METRICS_HOST": HOST,
+            "MSGIN5G_METRICS_PORT": "0",
         }
         env["MSGIN5G_GRPC_BIND"] = {
             "registry": f"{HOST}:{p.registry_grpc}",

@@ -16,6 +16,7 @@ from aiocoap.numbers.codes import Code
 from aiocoap.numbers.contentformat import ContentFormat
 
 from msgin5g_common import header as h
+from msgin5g_common import metrics
 from msgin5g_common.errors import (
     COAP_CODE,
     Cause,
@@ -63,12 +64,14 @@ class Observers:
 
     def add(self, ue: str, observation: object) -> Callable[[], None]:
         self._by_ue.setdefault(ue, set()).add(observation)
+        metrics.OBSERVERS.inc()
 
         def cancel() -> None:
             group = self._by_ue.get(ue)
-            if group is None:
+            if group is None or observation not in group:
                 return
             group.discard(observation)
+            metrics.OBSERVERS.dec()
             if not group:
                 del self._by_ue[ue]
                 self._on_last_gone(ue)
@@ -151,14 +154,14 @@ class CoapApi(resource.Resource, interfaces.ObservableResource, resource.PathCap
         doc = self._decode(request)
         if not isinstance(doc, h.Reg):
             raise InvalidDocument("msgType: /reg takes REG")
-        reply = await self.handler.register(doc)
+        reply = await self.handler.handle(doc)
         response = self._reply_message(reply, Code.CREATED)
         if reply.cause is None:
             response.opt.location_path = ("reg", doc.ue_svc_id)
         return response
 
     async def _deregister(self, ue: str) -> Message:
-        return self._reply_message(await self.handler.deregister(ue), Code.DELETED)
+        return self._reply_message(await self.handler.handle(h.Dereg(ue)), Code.DELETED)
 
     async def _uplink(self, request: Message) -> Message:
         doc = self._decode(request)
@@ -200,6 +203,8 @@ class CoapApi(resource.Resource, interfaces.ObservableResource, resource.PathCap
         if not observations:
             return False
         payload = self.render_inbox(docs)
+        for doc in docs:
+            metrics.MESSAGES.labels("out", type(doc).__name__.upper(), "coap").inc()
         for observation in observations:
             observation.trigger(json_message(Code.CONTENT, payload))  # type: ignore[attr-defined]
         return True

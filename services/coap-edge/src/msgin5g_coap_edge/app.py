@@ -16,7 +16,7 @@ from msgin5g.v1 import edge_pb2_grpc as egrpc
 from msgin5g_coap_edge import aiocoap_fix
 from msgin5g_coap_edge.api import CoapApi
 from msgin5g_coap_edge.settings import CoapEdgeSettings
-from msgin5g_common import convert, service
+from msgin5g_common import convert, metrics, service
 from msgin5g_common.edges import Heartbeat, default_edge_id
 from msgin5g_common.grpcutil import Context, GrpcServer, host_of
 from msgin5g_common.keys import Keys
@@ -90,7 +90,13 @@ async def serve(settings: CoapEdgeSettings, stop: asyncio.Event) -> None:
     )
     await heartbeat.start()
     renew = asyncio.create_task(_renew_leases(api, handler, settings.lease_renew_interval))
-    service.ready(coap=f"udp://{settings.coap_host}:{coap_port}", grpc=advertise, edge_id=edge_id)
+    metrics_port = metrics.serve(settings.metrics_host, settings.metrics_port)
+    service.ready(
+        metrics=f"http://{settings.metrics_host}:{metrics_port}/metrics",
+        coap=f"udp://{settings.coap_host}:{coap_port}",
+        grpc=advertise,
+        edge_id=edge_id,
+    )
 
     await stop.wait()
     renew.cancel()

@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 from msgin5g.v1 import common_pb2 as pb
 from msgin5g.v1 import edge_pb2 as epb
 from msgin5g.v1 import edge_pb2_grpc as egrpc
-from msgin5g_common import convert, service
+from msgin5g_common import convert, metrics, service
 from msgin5g_common import header as h
 from msgin5g_common.edges import Heartbeat, default_edge_id
 from msgin5g_common.grpcutil import Context, GrpcServer, host_of
@@ -40,6 +40,7 @@ class EdgeServicer(egrpc.EdgeServiceServicer):
             payload = h.encode(convert.downlink_from_pb(doc))
             if not await self.bridge.publish(request.ue_svc_id, payload):
                 return epb.DeliverResponse(forwarded=False)
+            metrics.MESSAGES.labels("out", doc.WhichOneof("doc") or "", "mqtt").inc()
         return epb.DeliverResponse(forwarded=True)
 
 
@@ -75,7 +76,9 @@ async def serve(settings: MqttEdgeSettings, stop: asyncio.Event) -> None:
     )
     if not stop.is_set():
         await heartbeat.start()
+        metrics_port = metrics.serve(settings.metrics_host, settings.metrics_port)
         service.ready(
+            metrics=f"http://{settings.metrics_host}:{metrics_port}/metrics",
             mqtt=f"mqtt://{settings.mqtt_host}:{settings.mqtt_port}",
             grpc=advertise,
             edge_id=edge_id,

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from msgin5g.v1 import registry_pb2_grpc as rgrpc
 from msgin5g.v1 import router_pb2_grpc as rgrpc_router
-from msgin5g_common import service
+from msgin5g_common import metrics, service
 from msgin5g_common.grpcutil import GrpcServer, channel, host_of
 from msgin5g_common.keys import Keys
 from msgin5g_registry.grpc_api import RegistryServicer
@@ -57,7 +57,9 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
     http = _HttpServer(config)
     http_task = asyncio.create_task(http.serve(sockets=[sock]))
 
+    metrics_port = metrics.serve(settings.metrics_host, settings.metrics_port)
     service.ready(
+        metrics=f"http://{settings.metrics_host}:{metrics_port}/metrics",
         grpc=f"{host_of(settings.grpc_bind)}:{grpc_port}",
         http=f"http://{settings.http_host}:{http_port}",
     )

@@ -10,7 +10,7 @@ import socket
 from redis.asyncio import Redis
 
 from msgin5g.v1 import router_pb2_grpc as rgrpc
-from msgin5g_common import service
+from msgin5g_common import metrics, service
 from msgin5g_common.grpcutil import GrpcServer, host_of
 from msgin5g_common.keys import Keys
 from msgin5g_router.dispatch import Dispatcher, EdgeClients, RetryPolicy
@@ -44,7 +44,11 @@ async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
     )
     port = await server.start(settings.grpc_bind)
     sweeping = asyncio.create_task(sweeper.run())
-    service.ready(grpc=f"{host_of(settings.grpc_bind)}:{port}")
+    metrics_port = metrics.serve(settings.metrics_host, settings.metrics_port)
+    service.ready(
+        metrics=f"http://{settings.metrics_host}:{metrics_port}/metrics",
+        grpc=f"{host_of(settings.grpc_bind)}:{port}",
+    )
     await stop.wait()
     sweeping.cancel()
     with contextlib.suppress(asyncio.CancelledError):

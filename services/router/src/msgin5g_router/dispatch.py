@@ -18,6 +18,7 @@ import grpc
 from msgin5g.v1 import common_pb2 as pb
 from msgin5g.v1 import edge_pb2 as epb
 from msgin5g.v1 import edge_pb2_grpc as egrpc
+from msgin5g_common import metrics
 from msgin5g_common.grpcutil import channel
 from msgin5g_router.domain import address_key, backoff_ms
 from msgin5g_router.store import Route, RouterStore, now_ms
@@ -145,12 +146,13 @@ class Dispatcher:
             return False
         docs = [pb.Downlink.FromString(d) for _, d in pairs]
         try:
-            reply = await self.clients.stub(address).Deliver(
-                epb.DeliverRequest(
-                    ue_svc_id=ue, docs=docs, snapshot=snapshot, edge_id=route.edge_id
-                ),
-                timeout=self.timeout,
-            )
+            with metrics.timed("edge", "Deliver"):
+                reply = await self.clients.stub(address).Deliver(
+                    epb.DeliverRequest(
+                        ue_svc_id=ue, docs=docs, snapshot=snapshot, edge_id=route.edge_id
+                    ),
+                    timeout=self.timeout,
+                )
         except grpc.aio.AioRpcError as exc:
             log.warning(
                 "edge unreachable",

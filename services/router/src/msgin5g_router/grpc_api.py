@@ -13,6 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from msgin5g.v1 import common_pb2 as pb
 from msgin5g.v1 import router_pb2 as rpb
 from msgin5g.v1 import router_pb2_grpc as rgrpc
+from msgin5g_common import metrics
 from msgin5g_common.errors import Cause
 from msgin5g_common.grpcutil import Context
 from msgin5g_router import domain
@@ -33,6 +34,7 @@ RESULT = {
 
 
 def _failed(msg_id: str, cause: Cause, detail: str) -> rpb.SubmitMessageResponse:
+    metrics.ERRORS.labels(cause.value).inc()
     return rpb.SubmitMessageResponse(
         msg_id=msg_id, result=pb.MSG_RESULT_FAILED, failure_cause=cause.value, failure_detail=detail
     )
@@ -166,13 +168,15 @@ class RouterServicer(rgrpc.RouterServiceServicer):
         doc = pb.Downlink.FromString(acked.doc)
         if doc.WhichOneof("doc") == "msg":
             failed = request.result == pb.MSG_RESULT_FAILED
-            await self.store.set_state(
+            accepted_ms = await self.store.set_state(
                 domain.address_key(doc.msg.ori_addr),
                 doc.msg.msg_id,
                 f"UE:{ue}",
                 "FAILED" if failed else "DELIVERED",
                 request.failure_cause if failed else "",
             )
+            if accepted_ms > 1 and not failed:
+                metrics.DELIVERY_LATENCY.observe(max(time.time() - accepted_ms / 1000, 0))
         log.info("delivered", extra={"msgId": request.msg_id, "ueSvcId": ue, "ref": acked.ref})
         if kind == COAP and acked.remaining >= self.dispatcher.inbox_limit:
             # The acknowledgement made room in the bounded inbox view: show the next document.

@@ -87,6 +87,7 @@ if (rank[ARGV[2]] or 0) > current then
   changed = 1
 end
 if changed == 1 then redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(st)) end
+if changed == 1 and rank[ARGV[2]] == 3 then return st.times.ACCEPTED or 1 end
 return changed
 """
 
@@ -199,13 +200,13 @@ class RouterStore:
     async def set_outcome(self, ori: str, msg_id: str, outcome: str) -> None:
         await self.redis.hset(self.keys.message(ori, msg_id), "outcome", outcome)
 
-    async def set_state(
-        self, ori: str, msg_id: str, rcpt: str, state: str, cause: str = ""
-    ) -> bool:
+    async def set_state(self, ori: str, msg_id: str, rcpt: str, state: str, cause: str = "") -> int:
+        """Moves the recipient's state forward; 0 when nothing changed, else non-zero (the
+        acceptance time in ms when the new state is final)."""
         changed = await self._set_state(
             keys=[self.keys.message(ori, msg_id)], args=[f"st:{rcpt}", state, now_ms(), cause]
         )
-        return bool(changed)
+        return int(changed)
 
     async def set_report(self, ori: str, msg_id: str, rcpt: str, deliv_st: int) -> None:
         """Notes the recipient's delivery report in the message record (if still kept)."""
@@ -259,6 +260,10 @@ class RouterStore:
 
     async def unschedule_expiry(self, ue: str, ref: str) -> None:
         await self.redis.zrem(self.keys.expiry(), f"{ue}{SEP}{ref}")
+
+    async def pending_count(self) -> int:
+        """Documents stored and not acknowledged, all UEs together (the expiry schedule)."""
+        return int(await self.redis.zcard(self.keys.expiry()))
 
     async def due_expiries(self, now: int, limit: int) -> list[tuple[str, str]]:
         members = await self.redis.zrangebyscore(self.keys.expiry(), 0, now, start=0, num=limit)

@@ -11,6 +11,7 @@ import asyncio
 import logging
 
 from msgin5g.v1 import common_pb2 as pb
+from msgin5g_common import metrics
 from msgin5g_router import domain
 from msgin5g_router.dispatch import Dispatcher
 from msgin5g_router.reports import Reports
@@ -47,6 +48,7 @@ class Sweeper:
 
     async def sweep(self) -> None:
         now = now_ms()
+        metrics.PENDING.set(await self.store.pending_count())
         for ue, ref in await self.store.due_expiries(now, BATCH):
             await self.expire(ue, ref)
         for ue in await self.store.claim_due_retries(now, BATCH):
