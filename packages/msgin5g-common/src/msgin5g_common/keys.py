@@ -17,6 +17,9 @@ one recipient stays in one slot.
 | ``<p>:expiry`` | sorted set | router | ``<ueSvcId>\\x1f<inbox ref>`` by expiry time (ms), for the sweeper |
 | ``<p>:retry`` | sorted set | router | UEs by the time (ms) their unacknowledged documents are sent again |
 | ``<p>:sweeper`` | string | router | lock: the router replica that sweeps expiries and retries now |
+| ``<p>:group:{gid}:members`` | sorted set | registry | group members (score 0, paged by member id) |
+| ``<p>:fanout`` | stream | router | fan-out tasks: one page of a group's members each |
+| ``<p>:fanout:{ori}:<msgId>`` | hash | router | a fan-out's progress (cursor, done) |
 | ``<p>:edge:<kind>:<id>`` | string | each edge | the replica's gRPC address; TTL = heartbeat |
 | ``<p>:edges:<kind>`` | sorted set | each edge | replica ids by heartbeat expiry (ms), to pick any live one |
 """
@@ -50,6 +53,15 @@ class Keys:
 
     def retry_count(self, ue: str) -> str:
         return f"{self.prefix}:ue:{{{ue}}}:retry"
+
+    def group_members(self, group: str) -> str:
+        return f"{self.prefix}:group:{{{group}}}:members"
+
+    def fanout_stream(self) -> str:
+        return f"{self.prefix}:fanout"
+
+    def fanout_job(self, ori: str, msg_id: str) -> str:
+        return f"{self.prefix}:fanout:{{{ori}}}:{msg_id}"
 
     def expiry(self) -> str:
         return f"{self.prefix}:expiry"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import socket
 import zlib
@@ -37,6 +38,8 @@ class MqttBridge:
         self.prefix = settings.mqtt_prefix.rstrip("/")
         self.client_id = f"msgin5g-edge-{edge_id}"
         self.uplink = f"$share/{settings.mqtt_share_group}/{self.prefix}/up/#"
+        # The seed's group topic: a MSG published on <prefix>/group/<groupSvcId>.
+        self.group_uplink = f"$share/{settings.mqtt_share_group}/{self.prefix}/group/#"
         self.client: aiomqtt.Client | None = None
         self.connected = asyncio.Event()
         self._queues: list[asyncio.Queue[aiomqtt.Message]] = [
@@ -58,6 +61,7 @@ class MqttBridge:
         if client is not None:
             try:
                 await client.unsubscribe(self.uplink, timeout=grace)
+                await client.unsubscribe(self.group_uplink, timeout=grace)
             except aiomqtt.MqttError as exc:
                 log.warning("could not leave the shared subscription", extra={"error": str(exc)})
         try:
@@ -100,6 +104,7 @@ class MqttBridge:
             try:
                 async with self._new_client() as client:
                     await client.subscribe(uplink, qos=1)
+                    await client.subscribe(self.group_uplink, qos=1)
                     self.client = client
                     self.connected.set()
                     log.info("broker connected", extra={"subscription": uplink})
@@ -139,6 +144,10 @@ class MqttBridge:
         return ue if h.valid_id(ue) else None
 
     async def handle(self, topic: str, payload: bytes) -> None:
+        group_head = f"{self.prefix}/group/"
+        if topic.startswith(group_head):
+            await self._serve_group(topic[len(group_head) :], payload)
+            return
         ue = self.topic_identity(topic)
         if ue is None:
             log.warning("uplink on an unusable topic", extra={"topic": topic})
@@ -146,6 +155,32 @@ class MqttBridge:
         reply = await self._serve(ue, payload)
         if reply.doc is not None:
             await self.publish(ue, h.encode(reply.doc))
+
+    async def _serve_group(self, group: str, payload: bytes) -> None:
+        """A MSG on the group topic: ``destAddr`` may be left out (the topic names the group);
+        the sender is named by ``oriAddr`` alone, and the router checks it is a member."""
+        try:
+            if not h.valid_id(group):
+                raise InvalidDocument(f"topic: {group!r} is not a Group Service ID")
+            if len(payload) > self.settings.max_payload + HEADER_ALLOWANCE:
+                raise PayloadTooLarge(f"document of {len(payload)} bytes")
+            doc = h.decode_uplink(
+                with_group_destination(payload, group), max_payload=self.settings.max_payload
+            )
+            if not isinstance(doc, h.Msg):
+                raise InvalidDocument("msgType: the group topic takes MSG only")
+            if doc.dest_addr != h.Address(h.AddrType.GROUP, group):
+                raise InvalidDocument("destAddr: must be the group the topic names")
+        except Msgin5gError as err:
+            sender = h.failure_response(payload, err.cause.value, err.detail)
+            log.info("group uplink refused", extra={"group": group, "detail": err.detail})
+            ori = _ori_of(payload)
+            if ori is not None:
+                await self.publish(ori, h.encode(sender))
+            return
+        reply = await self.handler.handle(doc)
+        if reply.doc is not None:
+            await self.publish(doc.ori_addr.addr, h.encode(reply.doc))
 
     async def _serve(self, ue: str, payload: bytes) -> Reply:
         try:
@@ -178,6 +213,28 @@ class MqttBridge:
             log.warning("downlink publish failed", extra={"ueSvcId": ue, "error": str(exc)})
             return False
         return True
+
+
+def with_group_destination(payload: bytes, group: str) -> bytes:
+    """The document with ``destAddr`` set to the group when it leaves it out."""
+    try:
+        obj = json.loads(payload)
+    except (ValueError, RecursionError):
+        return payload  # the decoder reports it
+    if isinstance(obj, dict) and "destAddr" not in obj:
+        obj["destAddr"] = {"addrType": "GROUP", "addr": group}
+        return json.dumps(obj).encode()
+    return payload
+
+
+def _ori_of(payload: bytes) -> str | None:
+    """The UE a refused group document names, to send it the refusal (if any can be read)."""
+    try:
+        obj = json.loads(payload)
+        addr = obj["oriAddr"]["addr"]
+    except (ValueError, RecursionError, KeyError, TypeError):
+        return None
+    return addr if isinstance(addr, str) and h.valid_id(addr) else None
 
 
 def _payload_bytes(payload: object) -> bytes:

@@ -21,7 +21,7 @@ from msgin5g.v1 import common_pb2 as pb
 from msgin5g.v1 import router_pb2 as rpb
 from msgin5g.v1 import router_pb2_grpc as rgrpc
 from msgin5g_common.errors import Cause
-from msgin5g_registry.store import RegistryStore, UeRecord
+from msgin5g_registry.store import GroupStore, RegistryStore, UeRecord
 
 READY_TIMEOUT = 0.5
 UE_ID_PATTERN = r"^[A-Za-z0-9._~@:+\-]{1,128}$"
@@ -38,16 +38,16 @@ class ProblemDetails(BaseModel):
 
 
 class UePublic(BaseModel):
-    ueSvcId: str  # noqa: N815 - the contract's field names
+    ueSvcId: str
     known: bool
     registered: bool
     transport: str | None = Field(default=None, description="coap or mqtt, while registered")
     lifetime: int | None = None
-    registeredAt: datetime | None = None  # noqa: N815
-    expiresAt: datetime | None = None  # noqa: N815
-    bcArea: str | None = None  # noqa: N815
-    deliveryMode: str | None = None  # noqa: N815
-    maxSegSize: int | None = None  # noqa: N815
+    registeredAt: datetime | None = None
+    expiresAt: datetime | None = None
+    bcArea: str | None = None
+    deliveryMode: str | None = None
+    maxSegSize: int | None = None
 
 
 def problem(
@@ -95,27 +95,28 @@ class StateTimePublic(BaseModel):
 
 
 class RecipientStatePublic(BaseModel):
-    rcptAddr: dict[str, str]  # noqa: N815
+    rcptAddr: dict[str, str]
     state: str
-    failureCause: str | None = None  # noqa: N815
+    failureCause: str | None = None
     attempts: int = 0
-    deliveryReport: str | None = None  # noqa: N815
+    deliveryReport: str | None = None
     history: list[StateTimePublic]
 
 
 class MessageStatePublic(BaseModel):
-    msgId: str  # noqa: N815
-    oriAddr: dict[str, str]  # noqa: N815
-    destAddr: dict[str, str]  # noqa: N815
+    msgId: str
+    oriAddr: dict[str, str]
+    destAddr: dict[str, str]
     result: str
-    acceptedAt: datetime  # noqa: N815
-    expiresAt: datetime | None = None  # noqa: N815
+    acceptedAt: datetime
+    expiresAt: datetime | None = None
     recipients: list[RecipientStatePublic]
-    summary: dict[str, int]
+    summary: dict[str, int] = Field(description="recipients per state, over all of them")
+    next: str | None = Field(default=None, description="pass as ?after= for more recipients")
 
 
 class MessageUpdate(BaseModel):
-    exprTime: datetime  # noqa: N815
+    exprTime: datetime
 
 
 _ADDR_NUMBER: dict[str, pb.AddrType.ValueType] = {
@@ -148,9 +149,7 @@ def message_public(state: rpb.MessageState) -> MessageStatePublic:
         )
         for r in state.recipients
     ]
-    summary: dict[str, int] = {}
-    for r in recipients:
-        summary[r.state] = summary.get(r.state, 0) + 1
+    summary = dict(state.summary)
     return MessageStatePublic(
         msgId=state.msg_id,
         oriAddr=_addr(state.ori_addr),
@@ -160,12 +159,43 @@ def message_public(state: rpb.MessageState) -> MessageStatePublic:
         expiresAt=state.expires_at.ToDatetime(tzinfo=UTC) if state.HasField("expires_at") else None,
         recipients=recipients,
         summary=summary,
+        next=state.next or None,
     )
 
 
 def _ori(ori: str) -> pb.Address:
     kind, _, addr = ori.partition(":")
     return pb.Address(addr_type=_ADDR_NUMBER[kind], addr=addr)
+
+
+MAX_MEMBERS = 100_000
+
+
+class GroupMembers(BaseModel):
+    members: list[str] = Field(min_length=1, max_length=MAX_MEMBERS)
+
+
+class GroupPublic(BaseModel):
+    groupSvcId: str
+    memberCount: int
+    members: list[str]
+    next: str | None = Field(default=None, description="pass as ?after= for the next page")
+
+
+def _bad_members(members: list[str]) -> str | None:
+    for i, member in enumerate(members):
+        if not _UE_ID_RE.fullmatch(member):
+            return f"members[{i}]: {member[:40]!r} is not a UE Service ID"
+    return None
+
+
+def get_groups(request: Request) -> GroupStore:
+    groups: GroupStore = request.app.state.groups
+    return groups
+
+
+GroupsDep = Annotated[GroupStore, Depends(get_groups)]
+GroupId = Annotated[str, Path(description="Group Service ID")]
 
 
 def get_store(request: Request) -> RegistryStore:
@@ -206,6 +236,7 @@ def create_app(
     )
 
     app.state.store = store
+    app.state.groups = GroupStore(store.redis, store.keys)
     app.state.router = router
 
     @app.exception_handler(StarletteHTTPException)
@@ -241,7 +272,7 @@ def create_app(
         responses={404: {"model": ProblemDetails}, 400: {"model": ProblemDetails}},
         summary="A UE's registration state",
     )
-    async def get_ue(ueSvcId: UeId, store: StoreDep, request: Request) -> UePublic | JSONResponse:  # noqa: N803
+    async def get_ue(ueSvcId: UeId, store: StoreDep, request: Request) -> UePublic | JSONResponse:
         bad = check_id(ueSvcId, request)
         if bad is not None:
             return bad
@@ -263,7 +294,7 @@ def create_app(
         responses={201: {"model": UePublic}, 400: {"model": ProblemDetails}},
         summary="Provision a UE: it becomes known, so messages to it are stored until it registers",
     )
-    async def put_ue(ueSvcId: UeId, store: StoreDep, request: Request) -> UePublic | JSONResponse:  # noqa: N803
+    async def put_ue(ueSvcId: UeId, store: StoreDep, request: Request) -> UePublic | JSONResponse:
         bad = check_id(ueSvcId, request)
         if bad is not None:
             return bad
@@ -278,14 +309,17 @@ def create_app(
         summary="A message's state per recipient, with the time of each step",
     )
     async def get_message(
-        msgId: MsgIdPath,  # noqa: N803
+        msgId: MsgIdPath,
         ori: OriQuery,
         router: RouterDep,
         request: Request,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+        after: str = "",
     ) -> MessageStatePublic | JSONResponse:
-        state = await router.GetMessageState(
-            rpb.GetMessageStateRequest(ori_addr=_ori(ori), msg_id=msgId), timeout=5
+        query = rpb.GetMessageStateRequest(
+            ori_addr=_ori(ori), msg_id=msgId, limit=limit, after=after
         )
+        state = await router.GetMessageState(query, timeout=5)
         if not state.found:
             return problem(
                 404,
@@ -313,7 +347,7 @@ def create_app(
         summary="Change the expiry of a stored message (TS 23.554 8.3.6.1)",
     )
     async def patch_message(
-        msgId: MsgIdPath,  # noqa: N803
+        msgId: MsgIdPath,
         ori: OriQuery,
         body: MessageUpdate,
         router: RouterDep,
@@ -335,7 +369,7 @@ def create_app(
         summary="Discard a stored message that has not been delivered yet",
     )
     async def delete_message(
-        msgId: MsgIdPath,  # noqa: N803
+        msgId: MsgIdPath,
         ori: OriQuery,
         router: RouterDep,
         request: Request,
@@ -345,6 +379,132 @@ def create_app(
         )
         failed = await _update(router, update, request.url.path)
         return failed if failed is not None else Response(status_code=204)
+
+    def bad_group(group: str, request: Request) -> JSONResponse | None:
+        if _UE_ID_RE.fullmatch(group):
+            return None
+        return problem(
+            400,
+            "Bad Request",
+            "groupSvcId: must be 1-128 characters of [A-Za-z0-9._~@:+-]",
+            Cause.INVALID_REQUEST,
+            request.url.path,
+        )
+
+    def no_group(group: str, request: Request) -> JSONResponse:
+        return problem(
+            404,
+            "Not Found",
+            f"group {group} does not exist",
+            Cause.UNKNOWN_RECIPIENT,
+            request.url.path,
+        )
+
+    async def group_page(
+        groups: GroupStore, group: str, after: str | None, limit: int
+    ) -> GroupPublic:
+        members = await groups.page(group, after, limit)
+        return GroupPublic(
+            groupSvcId=group,
+            memberCount=await groups.count(group),
+            members=members,
+            next=members[-1] if len(members) == limit else None,
+        )
+
+    @app.put(
+        "/api/v1/groups/{groupSvcId}",
+        response_model=GroupPublic,
+        responses={201: {"model": GroupPublic}, 400: {"model": ProblemDetails}},
+        summary="Create or replace a group profile (up to 100,000 members)",
+    )
+    async def put_group(
+        groupSvcId: GroupId,
+        body: GroupMembers,
+        groups: GroupsDep,
+        request: Request,
+    ) -> JSONResponse:
+        bad = bad_group(groupSvcId, request)
+        if bad is not None:
+            return bad
+        detail = _bad_members(body.members)
+        if detail is not None:
+            return problem(400, "Bad Request", detail, Cause.INVALID_REQUEST, request.url.path)
+        created = await groups.replace(groupSvcId, body.members)
+        page = await group_page(groups, groupSvcId, None, 100)
+        return JSONResponse(page.model_dump(), status_code=201 if created else 200)
+
+    @app.get(
+        "/api/v1/groups/{groupSvcId}",
+        response_model=GroupPublic,
+        responses={404: {"model": ProblemDetails}},
+        summary="A group profile, its members paged in id order",
+    )
+    async def get_group(
+        groupSvcId: GroupId,
+        groups: GroupsDep,
+        request: Request,
+        after: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    ) -> GroupPublic | JSONResponse:
+        bad = bad_group(groupSvcId, request)
+        if bad is not None:
+            return bad
+        if not await groups.count(groupSvcId):
+            return no_group(groupSvcId, request)
+        return await group_page(groups, groupSvcId, after, limit)
+
+    @app.delete("/api/v1/groups/{groupSvcId}", status_code=204, summary="Delete a group")
+    async def delete_group(groupSvcId: GroupId, groups: GroupsDep, request: Request) -> Response:
+        bad = bad_group(groupSvcId, request)
+        if bad is not None:
+            return bad
+        if not await groups.delete(groupSvcId):
+            return no_group(groupSvcId, request)
+        return Response(status_code=204)
+
+    @app.post(
+        "/api/v1/groups/{groupSvcId}/members",
+        response_model=GroupPublic,
+        summary="Add members to a group (creates it when new)",
+    )
+    async def add_members(
+        groupSvcId: GroupId,
+        body: GroupMembers,
+        groups: GroupsDep,
+        request: Request,
+    ) -> GroupPublic | JSONResponse:
+        bad = bad_group(groupSvcId, request)
+        if bad is not None:
+            return bad
+        detail = _bad_members(body.members)
+        if detail is not None:
+            return problem(400, "Bad Request", detail, Cause.INVALID_REQUEST, request.url.path)
+        await groups.add(groupSvcId, body.members)
+        return await group_page(groups, groupSvcId, None, 100)
+
+    @app.delete(
+        "/api/v1/groups/{groupSvcId}/members/{ueSvcId}",
+        status_code=204,
+        summary="Remove one member from a group",
+    )
+    async def remove_member(
+        groupSvcId: GroupId,
+        ueSvcId: UeId,
+        groups: GroupsDep,
+        request: Request,
+    ) -> Response:
+        bad = bad_group(groupSvcId, request) or check_id(ueSvcId, request)
+        if bad is not None:
+            return bad
+        if not await groups.remove(groupSvcId, ueSvcId):
+            return problem(
+                404,
+                "Not Found",
+                f"{ueSvcId} is not a member of {groupSvcId}",
+                Cause.UNKNOWN_RECIPIENT,
+                request.url.path,
+            )
+        return Response(status_code=204)
 
     @app.get("/healthz", summary="Liveness")
     async def healthz() -> dict[str, str]:

@@ -100,3 +100,49 @@ class RegistryStore:
                 max_seg_size=int(f.get("maxSegSize", "0")) or None,
             )
         return UeRecord(ue_svc_id=ue, known=bool(known) or reg is not None, registration=reg)
+
+
+class GroupStore:
+    """Group profiles: a sorted set of member UE Service IDs per group (score 0, so that
+    members page in id order)."""
+
+    CHUNK = 10_000
+
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+
+    async def replace(self, group: str, members: list[str]) -> bool:
+        """Creates or replaces a group's members; True when the group is new. The new list is
+        built aside and renamed over the old one, so readers never see half a group."""
+        key = self.keys.group_members(group)
+        staging = f"{key}:staging"
+        await self.redis.delete(staging)
+        for start in range(0, len(members), self.CHUNK):
+            chunk = members[start : start + self.CHUNK]
+            await self.redis.zadd(staging, dict.fromkeys(chunk, 0))
+        existed = bool(await self.redis.exists(key))
+        await self.redis.rename(staging, key)
+        return not existed
+
+    async def add(self, group: str, members: list[str]) -> int:
+        key = self.keys.group_members(group)
+        for start in range(0, len(members), self.CHUNK):
+            await self.redis.zadd(key, dict.fromkeys(members[start : start + self.CHUNK], 0))
+        return int(await self.redis.zcard(key))
+
+    async def remove(self, group: str, member: str) -> bool:
+        return bool(await self.redis.zrem(self.keys.group_members(group), member))
+
+    async def delete(self, group: str) -> bool:
+        return bool(await self.redis.delete(self.keys.group_members(group)))
+
+    async def count(self, group: str) -> int:
+        return int(await self.redis.zcard(self.keys.group_members(group)))
+
+    async def page(self, group: str, after: str | None, limit: int) -> list[str]:
+        low = f"({after}" if after else "-"
+        members = await self.redis.zrangebylex(
+            self.keys.group_members(group), low, "+", start=0, num=limit
+        )
+        return [m.decode() if isinstance(m, bytes) else str(m) for m in members]

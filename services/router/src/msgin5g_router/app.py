@@ -14,6 +14,7 @@ from msgin5g_common import metrics, service
 from msgin5g_common.grpcutil import GrpcServer, host_of
 from msgin5g_common.keys import Keys
 from msgin5g_router.dispatch import Dispatcher, EdgeClients, RetryPolicy
+from msgin5g_router.fanout import Fanout
 from msgin5g_router.grpc_api import RouterServicer
 from msgin5g_router.reports import Reports
 from msgin5g_router.settings import RouterSettings
@@ -35,24 +36,36 @@ async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
     reports = Reports(store, dispatcher, settings.default_expiry)
     holder = settings.router_id or f"router-{socket.gethostname()}-{os.getpid()}"
     sweeper = Sweeper(store, dispatcher, reports, holder, settings.sweep_interval)
+    fanout = Fanout(
+        redis,
+        Keys(settings.redis_prefix),
+        store,
+        dispatcher,
+        consumer=holder,
+        page=settings.fanout_page,
+        rate=settings.fanout_rate,
+        claim_after=settings.fanout_claim_after,
+    )
 
     server = GrpcServer(["msgin5g.v1.RouterService"])
     server.add(
         lambda s: rgrpc.add_RouterServiceServicer_to_server(
-            RouterServicer(store, dispatcher, settings, reports), s
+            RouterServicer(store, dispatcher, settings, reports, fanout), s
         )
     )
     port = await server.start(settings.grpc_bind)
     sweeping = asyncio.create_task(sweeper.run())
+    fanning = asyncio.create_task(fanout.run())
     metrics_port = metrics.serve(settings.metrics_host, settings.metrics_port)
     service.ready(
         metrics=f"http://{settings.metrics_host}:{metrics_port}/metrics",
         grpc=f"{host_of(settings.grpc_bind)}:{port}",
     )
     await stop.wait()
-    sweeping.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await sweeping
+    for task in (sweeping, fanning):
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     await server.stop()
     await dispatcher.drain()
     await clients.close()

@@ -18,6 +18,7 @@ from msgin5g_common.errors import Cause
 from msgin5g_common.grpcutil import Context
 from msgin5g_router import domain
 from msgin5g_router.dispatch import COAP, MQTT, Dispatcher
+from msgin5g_router.fanout import Fanout
 from msgin5g_router.reports import Reports
 from msgin5g_router.settings import RouterSettings
 from msgin5g_router.store import RouterStore
@@ -47,11 +48,13 @@ class RouterServicer(rgrpc.RouterServiceServicer):
         dispatcher: Dispatcher,
         settings: RouterSettings,
         reports: Reports,
+        fanout: Fanout | None = None,
     ) -> None:
         self.store = store
         self.dispatcher = dispatcher
         self.settings = settings
         self.reports = reports
+        self.fanout = fanout
         self.lease_ms = settings.route_lease_ttl * 1000
 
     async def _edge_kind(self, edge: pb.EdgeRef, context: Context) -> str:
@@ -85,6 +88,8 @@ class RouterServicer(rgrpc.RouterServiceServicer):
         kind = await self._edge_kind(request.edge, context)
         if msg.ori_addr.addr_type != pb.ADDR_TYPE_UE:
             return _failed(msg.msg_id, Cause.INVALID_REQUEST, "oriAddr: a UE sends over MSGin5G-1")
+        if msg.dest_addr.addr_type == pb.ADDR_TYPE_GROUP and self.fanout is not None:
+            return await self._submit_group(msg, kind, request.edge.edge_id, self.fanout)
         if msg.dest_addr.addr_type != pb.ADDR_TYPE_UE:
             name = domain.ADDR_TYPE_NAME.get(msg.dest_addr.addr_type, "?")
             return _failed(
@@ -145,6 +150,54 @@ class RouterServicer(rgrpc.RouterServiceServicer):
         if reachable:
             self.dispatcher.spawn(rcpt_ue, [ref])
         return rpb.SubmitMessageResponse(msg_id=msg.msg_id, result=RESULT[outcome])
+
+    def _expiry(self, msg: pb.Message) -> tuple[int, int] | None:
+        """(expiry, record TTL) in ms for a message, or None when exprTime is past."""
+        now = time.time()
+        expires = now + self.settings.default_expiry
+        if msg.sto_and_fw_params.HasField("expr_time"):
+            expires = msg.sto_and_fw_params.expr_time.ToMilliseconds() / 1000
+            if expires <= now:
+                return None
+        return int(expires * 1000), int((expires - now + self.settings.state_retention) * 1000)
+
+    async def _submit_group(
+        self, msg: pb.Message, kind: str, edge_id: str, fanout: Fanout
+    ) -> rpb.SubmitMessageResponse:
+        """A group message: accepted once, then fanned out to every member but the sender."""
+        ori_ue, group = msg.ori_addr.addr, msg.dest_addr.addr
+        if not await self.store.is_registered(ori_ue):
+            return _failed(msg.msg_id, Cause.NOT_REGISTERED, f"UE {ori_ue} is not registered")
+        await self._seen(ori_ue, kind, edge_id)
+        size, member = await self.store.group_membership(group, ori_ue)
+        if size == 0:
+            return _failed(msg.msg_id, Cause.UNKNOWN_RECIPIENT, f"group {group} does not exist")
+        if not member:
+            return _failed(
+                msg.msg_id, Cause.NOT_AUTHORIZED, f"{ori_ue} is not a member of group {group}"
+            )
+        expiry = self._expiry(msg)
+        if expiry is None:
+            return _failed(msg.msg_id, Cause.EXPIRED, "stoAndFwParams.exprTime is in the past")
+        expires_ms, ttl_ms = expiry
+        ori_key = domain.address_key(msg.ori_addr)
+        doc = pb.Downlink(msg=msg).SerializeToString()
+        created, earlier, _ = await self.store.accept(
+            ori_key, msg.msg_id, doc, f"GROUP:{group}", ttl_ms, expires_ms
+        )
+        if not created:
+            return rpb.SubmitMessageResponse(
+                msg_id=msg.msg_id,
+                result=RESULT.get(earlier, pb.MSG_RESULT_ACCEPTED),
+                failure_cause=Cause.DUPLICATE.value,
+            )
+        members = await fanout.split(ori_key, msg.msg_id, group)
+        await self.store.set_outcome(ori_key, msg.msg_id, "ACCEPTED")
+        log.info(
+            "accepted",
+            extra={"msgId": msg.msg_id, "ori": ori_key, "group": group, "members": members},
+        )
+        return rpb.SubmitMessageResponse(msg_id=msg.msg_id, result=pb.MSG_RESULT_ACCEPTED)
 
     async def Acknowledge(  # noqa: N802
         self, request: rpb.AcknowledgeRequest, context: Context
@@ -240,7 +293,7 @@ class RouterServicer(rgrpc.RouterServiceServicer):
         record = await self.store.record(domain.address_key(request.ori_addr), request.msg_id)
         if "doc" not in record:
             return rpb.MessageState(found=False, msg_id=request.msg_id)
-        return message_state(request.msg_id, record)
+        return message_state(request.msg_id, record, request.limit or 100, request.after)
 
     async def UpdateMessage(  # noqa: N802
         self, request: rpb.UpdateMessageRequest, context: Context
@@ -302,7 +355,9 @@ def _ts(ms: int) -> Timestamp:
 _ADDR_TYPE = {name: number for number, name in domain.ADDR_TYPE_NAME.items()}
 
 
-def message_state(msg_id: str, record: dict[str, Any]) -> rpb.MessageState:
+def message_state(
+    msg_id: str, record: dict[str, Any], limit: int = 100, after: str = ""
+) -> rpb.MessageState:
     """The state API's view of a message record."""
     msg = pb.Downlink.FromString(record["doc"]).msg
     state = rpb.MessageState(
@@ -315,11 +370,22 @@ def message_state(msg_id: str, record: dict[str, Any]) -> rpb.MessageState:
     )
     if int(record.get("expiresAt", 0) or 0):
         state.expires_at.CopyFrom(_ts(int(record["expiresAt"])))
+    listed = 0
+    last = ""
     for field, raw in sorted(record.items()):
         if not field.startswith("st:"):
             continue
         rcpt = field[3:]
         st = json.loads(raw)
+        name = st.get("state", "")
+        state.summary[name] = state.summary.get(name, 0) + 1
+        if rcpt <= after:
+            continue
+        if listed == limit:
+            state.next = last
+            continue
+        listed += 1
+        last = rcpt
         kind, _, addr = rcpt.partition(":")
         times = sorted(st.get("times", {}).items(), key=lambda kv: kv[1])
         state.recipients.append(

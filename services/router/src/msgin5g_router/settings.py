@@ -24,5 +24,11 @@ class RouterSettings(CommonSettings):
     retry_limit: int = Field(default=8, ge=0)
     # Seconds between two sweeps for due expiries and retries (one router replica sweeps).
     sweep_interval: float = Field(default=1.0, gt=0)
-    # Identifies this replica for the sweeper lock; empty means "router-<hostname>-<pid>".
+    # Group fan-out: members per task, deliveries per second per replica (the pace a radio
+    # cell can take), seconds before a task a dead replica took is resumed by another.
+    fanout_page: int = Field(default=500, ge=1)
+    fanout_rate: float = Field(default=2000.0, gt=0)
+    fanout_claim_after: float = Field(default=15.0, gt=0)
+    # Identifies this replica for the sweeper lock and the fan-out consumer group; empty
+    # means "router-<hostname>-<pid>".
     router_id: str = ""

@@ -32,8 +32,8 @@ if redis.call('HSETNX', KEYS[1], 'doc', ARGV[1]) == 0 then
   end
   return {0, redis.call('HGET', KEYS[1], 'outcome') or '', final}
 end
-redis.call('HSET', KEYS[1], 'acceptedAt', ARGV[2], 'rcpt', ARGV[4], 'st:' .. ARGV[4], ARGV[5],
-  'expiresAt', ARGV[6])
+redis.call('HSET', KEYS[1], 'acceptedAt', ARGV[2], 'rcpt', ARGV[4], 'expiresAt', ARGV[6])
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'st:' .. ARGV[4], ARGV[5]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return {1, '', 0}
 """
@@ -179,6 +179,18 @@ class RouterStore:
             ori_reg, rcpt_known, transport = await pipe.execute()
         return bool(ori_reg), bool(rcpt_known) or transport is not None, _text(transport)
 
+    async def is_registered(self, ue: str) -> bool:
+        return bool(await self.redis.exists(self.keys.ue_reg(ue)))
+
+    async def group_membership(self, group: str, ue: str) -> tuple[int, bool]:
+        """(how many members the group has, whether ``ue`` is one of them)."""
+        key = self.keys.group_members(group)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(key)
+            pipe.zscore(key, ue)
+            size, score = await pipe.execute()
+        return int(size), score is not None
+
     async def registered_transport(self, ue: str) -> str | None:
         return _text(await self.redis.hget(self.keys.ue_reg(ue), "transport"))
 
@@ -190,7 +202,9 @@ class RouterStore:
         """Creates the record unless it exists: (created, outcome of the earlier copy, whether
         the earlier copy has reached a final state for ``rcpt``)."""
         now = now_ms()
-        state = json.dumps({"state": "ACCEPTED", "times": {"ACCEPTED": now}})
+        # A group message's record gets one state per member from the fan-out instead.
+        group = rcpt.startswith("GROUP:")
+        state = "" if group else json.dumps({"state": "ACCEPTED", "times": {"ACCEPTED": now}})
         created, outcome, final = await self._accept(
             keys=[self.keys.message(ori, msg_id)],
             args=[doc, now, ttl_ms, rcpt, state, expires_ms],

@@ -375,7 +375,12 @@ class GetMessageStateRequest(_message.Message):
 
     ORI_ADDR_FIELD_NUMBER: _builtins.int
     MSG_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
     msg_id: _builtins.str
+    limit: _builtins.int
+    """Recipients listed at most (0: 100), in recipient order after `after`."""
+    after: _builtins.str
     @_builtins.property
     def ori_addr(self) -> _common_pb2.Address: ...
     def __init__(
@@ -383,10 +388,12 @@ class GetMessageStateRequest(_message.Message):
         *,
         ori_addr: _common_pb2.Address | None = ...,
         msg_id: _builtins.str = ...,
+        limit: _builtins.int = ...,
+        after: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ori_addr", b"ori_addr"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["msg_id", b"msg_id", "ori_addr", b"ori_addr"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "limit", b"limit", "msg_id", b"msg_id", "ori_addr", b"ori_addr"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -460,6 +467,26 @@ Global___RecipientState: _TypeAlias = RecipientState  # noqa: Y015
 class MessageState(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class SummaryEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     FOUND_FIELD_NUMBER: _builtins.int
     MSG_ID_FIELD_NUMBER: _builtins.int
     ORI_ADDR_FIELD_NUMBER: _builtins.int
@@ -468,10 +495,14 @@ class MessageState(_message.Message):
     ACCEPTED_AT_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     RECIPIENTS_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    NEXT_FIELD_NUMBER: _builtins.int
     found: _builtins.bool
     msg_id: _builtins.str
     result: _common_pb2.MsgResult.ValueType
     """The outcome the originator was told."""
+    next: _builtins.str
+    """The address of the last recipient listed when more follow (pass as `after`)."""
     @_builtins.property
     def ori_addr(self) -> _common_pb2.Address: ...
     @_builtins.property
@@ -482,6 +513,10 @@ class MessageState(_message.Message):
     def expires_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def recipients(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecipientState]: ...
+    @_builtins.property
+    def summary(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Recipients per state, over all of them (a group message may have 100,000)."""
+
     def __init__(
         self,
         *,
@@ -493,10 +528,12 @@ class MessageState(_message.Message):
         accepted_at: _timestamp_pb2.Timestamp | None = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         recipients: _abc.Iterable[Global___RecipientState] | None = ...,
+        summary: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        next: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "dest_addr", b"dest_addr", "expires_at", b"expires_at", "ori_addr", b"ori_addr"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "dest_addr", b"dest_addr", "expires_at", b"expires_at", "found", b"found", "msg_id", b"msg_id", "ori_addr", b"ori_addr", "recipients", b"recipients", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "dest_addr", b"dest_addr", "expires_at", b"expires_at", "found", b"found", "msg_id", b"msg_id", "next", b"next", "ori_addr", b"ori_addr", "recipients", b"recipients", "result", b"result", "summary", b"summary"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
