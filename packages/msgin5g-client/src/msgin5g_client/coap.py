@@ -133,6 +133,17 @@ class CoapUe:
         """Sends the IMDN its sender asked for (``delivStReqInd``)."""
         await self._exchange(Code.POST, "msg", report_for(self.ue_svc_id, doc, ok=ok, cause=cause))
 
+    async def subscribe(self, topics: list[str], until: datetime | None = None) -> h.SubResp:
+        """Subscribes to messaging topics (until ``until``, or until unsubscribed)."""
+        reply = await self._exchange(Code.POST, "msg", h.Sub(self.ue_svc_id, tuple(topics), until))
+        assert isinstance(reply, h.SubResp)
+        return reply
+
+    async def unsubscribe(self, topics: list[str]) -> h.SubResp:
+        reply = await self._exchange(Code.POST, "msg", h.Unsub(self.ue_svc_id, tuple(topics)))
+        assert isinstance(reply, h.SubResp)
+        return reply
+
     async def update_message(self, msg_id: str, expr_time: datetime | None) -> h.MsgUpdResp:
         """Changes the expiry of one's own stored message, or discards it (``expr_time`` None)."""
         reply = await self._exchange(

@@ -174,6 +174,19 @@ class MqttUe:
         answer (:meth:`next_answer`)."""
         await self.publish(h.encode(report_for(self.ue_svc_id, doc, ok=ok, cause=cause)))
 
+    async def subscribe(self, topics: list[str], until: datetime | None = None) -> h.SubResp:
+        """Subscribes to messaging topics (until ``until``, or until unsubscribed)."""
+        doc = h.Sub(self.ue_svc_id, tuple(topics), until)
+        reply = await self._exchange(doc, ("SUBRESP", self.ue_svc_id))
+        assert isinstance(reply, h.SubResp)
+        return reply
+
+    async def unsubscribe(self, topics: list[str]) -> h.SubResp:
+        doc = h.Unsub(self.ue_svc_id, tuple(topics))
+        reply = await self._exchange(doc, ("UNSUBRESP", self.ue_svc_id))
+        assert isinstance(reply, h.SubResp)
+        return reply
+
     async def update_message(self, msg_id: str, expr_time: datetime | None) -> h.MsgUpdResp:
         """Changes the expiry of one's own stored message, or discards it (``expr_time`` None)."""
         doc = update_for(self.ue_svc_id, msg_id, expr_time)

@@ -18,6 +18,9 @@ one recipient stays in one slot.
 | ``<p>:retry`` | sorted set | router | UEs by the time (ms) their unacknowledged documents are sent again |
 | ``<p>:sweeper`` | string | router | lock: the router replica that sweeps expiries and retries now |
 | ``<p>:group:{gid}:members`` | sorted set | registry | group members (score 0, paged by member id) |
+| ``<p>:topic:{t}:subs`` | sorted set | registry | a topic's subscribers by subscription expiry (ms; +inf: none) |
+| ``<p>:bc:{area}:ues`` | sorted set | registry | UEs registered in a broadcast area, by registration expiry (ms) |
+| ``<p>:fanout:{ori}:<msgId>:rcpts`` | sorted set | router | a topic or broadcast message's recipients, taken at acceptance |
 | ``<p>:fanout`` | stream | router | fan-out tasks: one page of a group's members each |
 | ``<p>:fanout:{ori}:<msgId>`` | hash | router | a fan-out's progress (cursor, done) |
 | ``<p>:edge:<kind>:<id>`` | string | each edge | the replica's gRPC address; TTL = heartbeat |
@@ -56,6 +59,15 @@ class Keys:
 
     def group_members(self, group: str) -> str:
         return f"{self.prefix}:group:{{{group}}}:members"
+
+    def topic_subs(self, topic: str) -> str:
+        return f"{self.prefix}:topic:{{{topic}}}:subs"
+
+    def bc_area(self, area: str) -> str:
+        return f"{self.prefix}:bc:{{{area}}}:ues"
+
+    def fanout_recipients(self, ori: str, msg_id: str) -> str:
+        return f"{self.prefix}:fanout:{{{ori}}}:{msg_id}:rcpts"
 
     def fanout_stream(self) -> str:
         return f"{self.prefix}:fanout"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 import grpc
 
@@ -95,9 +96,10 @@ class UplinkHandler:
                 return await self.report(doc)
             case h.MsgUpd():
                 return await self.update(doc)
-            case h.Sub() | h.Unsub():
-                # Topics come with their own issue; say so clearly.
-                raise InvalidDocument(f"msgType: {type(doc).__name__.upper()} is not served yet")
+            case h.Sub():
+                return await self.subscribe(doc.ue_svc_id, list(doc.msg_topics), doc.expr_time)
+            case h.Unsub():
+                return await self.unsubscribe(doc.ue_svc_id, list(doc.msg_topics))
         raise InvalidDocument("msgType: not an uplink document")
 
     async def register(self, doc: h.Reg) -> Reply:
@@ -158,6 +160,18 @@ class UplinkHandler:
             request.ori_addr.CopyFrom(convert.address_to_pb(doc.ori_addr))
         await self.router.Acknowledge(request, timeout=self.timeout)
         return Reply(None)
+
+    async def subscribe(self, ue: str, topics: list[str], until: datetime | None) -> Reply:
+        request = regpb.SubscribeRequest(ue_svc_id=ue, topics=topics)
+        if until is not None:
+            request.expr_time.CopyFrom(convert.timestamp(until))
+        await self.registry.Subscribe(request, timeout=self.timeout)
+        return Reply(h.SubResp(ue, h.Result.SUCCESS))
+
+    async def unsubscribe(self, ue: str, topics: list[str]) -> Reply:
+        request = regpb.SubscribeRequest(ue_svc_id=ue, topics=topics)
+        await self.registry.Unsubscribe(request, timeout=self.timeout)
+        return Reply(h.SubResp(ue, h.Result.SUCCESS, unsub=True))
 
     async def report(self, doc: h.Imdn) -> Reply:
         reply = await self.router.SubmitReport(

@@ -78,6 +78,11 @@ class Observers:
 
         return cancel
 
+    def keys_of(self, prefix: str) -> list[str]:
+        """Keys "<prefix>\x1f..." (topic observations of one UE)."""
+        head = f"{prefix}{SEP}"
+        return [key for key in self._by_ue if key.startswith(head)]
+
     def holds(self, ue: str) -> bool:
         return ue in self._by_ue
 
@@ -99,6 +104,9 @@ class CoapApi(resource.Resource, interfaces.ObservableResource, resource.PathCap
         self.notification_bytes = notification_bytes
         self._tasks: set[asyncio.Task[None]] = set()
         self.observers = Observers(self._detach_later)
+        # Observations of /topic/{topic}?ue={ueSvcId}, keyed "<ue>\x1f<topic>": each holds the
+        # UE's subscription to the topic for as long as it lives.
+        self.topic_observers = Observers(self._unsubscribe_later)
 
     # -- aiocoap entry points ------------------------------------------------------------------
 
@@ -110,6 +118,11 @@ class CoapApi(resource.Resource, interfaces.ObservableResource, resource.PathCap
         if len(path) == 2 and path[0] == "inbox" and h.valid_id(path[1]):
             cancel = self.observers.add(path[1], serverobservation)
             serverobservation.accept(cancel)  # type: ignore[attr-defined]
+        elif len(path) == 2 and path[0] == "topic" and h.valid_id(path[1]):
+            ue = _query(request, "ue")
+            if ue is not None and h.valid_id(ue):
+                cancel = self.topic_observers.add(f"{ue}{SEP}{path[1]}", serverobservation)
+                serverobservation.accept(cancel)  # type: ignore[attr-defined]
 
     async def render(self, request: Message) -> Message:
         try:
@@ -140,6 +153,9 @@ class CoapApi(resource.Resource, interfaces.ObservableResource, resource.PathCap
             case ("inbox", ue):
                 _expect(code, Code.GET)
                 return await self._inbox(_path_id(ue), request.opt.observe == 0)
+            case ("topic", topic):
+                _expect(code, Code.GET)
+                return await self._topic(_path_id(topic), request)
         raise NotFound(f"no resource /{'/'.join(path)}")
 
     def _decode(self, request: Message) -> h.Uplink:
@@ -176,6 +192,19 @@ class CoapApi(resource.Resource, interfaces.ObservableResource, resource.PathCap
         docs = await self.handler.inbox(ue)
         return json_message(Code.CONTENT, self.render_inbox(docs))
 
+    async def _topic(self, topic: str, request: Message) -> Message:
+        """GET /topic/{topic}?ue={ueSvcId}: the UE's pending messages on the topic; observing
+        it subscribes the UE for as long as the observation lives."""
+        ue = _query(request, "ue")
+        if ue is None:
+            raise InvalidDocument("query: ?ue={ueSvcId} is required (the subscriber)")
+        ue = _path_id(ue)
+        if request.opt.observe == 0:
+            await self.handler.subscribe(ue, [topic], None)
+            await self.handler.attach(ue, flush=False)
+        docs = await self.handler.inbox(ue)
+        return json_message(Code.CONTENT, self.render_inbox(_on_topic(docs, topic)))
+
     def render_inbox(self, docs: list[h.Msg | h.Imdn]) -> bytes:
         """A JSON array of documents, cut to what fits one notification (at least one)."""
         items: list[bytes] = []
@@ -198,16 +227,38 @@ class CoapApi(resource.Resource, interfaces.ObservableResource, resource.PathCap
     # -- downlink ------------------------------------------------------------------------------
 
     def notify(self, ue: str, docs: list[h.Msg | h.Imdn]) -> bool:
-        """Sends the UE's inbox to each of its observers; False when it has none here."""
+        """Sends the UE's inbox to each of its inbox observers, and its topic messages to its
+        topic observers; False when it has no observer here."""
+        notified = False
         observations = self.observers.of(ue)
-        if not observations:
-            return False
-        payload = self.render_inbox(docs)
-        for doc in docs:
-            metrics.MESSAGES.labels("out", type(doc).__name__.upper(), "coap").inc()
-        for observation in observations:
-            observation.trigger(json_message(Code.CONTENT, payload))  # type: ignore[attr-defined]
-        return True
+        if observations:
+            payload = self.render_inbox(docs)
+            for observation in observations:
+                observation.trigger(json_message(Code.CONTENT, payload))  # type: ignore[attr-defined]
+            notified = True
+        for key in self.topic_observers.keys_of(ue):
+            on_topic = _on_topic(docs, key.split(SEP, 1)[1])
+            if on_topic:
+                payload = self.render_inbox(on_topic)
+                for observation in self.topic_observers.of(key):
+                    observation.trigger(json_message(Code.CONTENT, payload))  # type: ignore[attr-defined]
+                notified = True
+        if notified:
+            for doc in docs:
+                metrics.MESSAGES.labels("out", type(doc).__name__.upper(), "coap").inc()
+        return notified
+
+    def _unsubscribe_later(self, key: str) -> None:
+        ue, topic = key.split(SEP, 1)
+        task = asyncio.get_running_loop().create_task(self._unsubscribe(ue, topic))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _unsubscribe(self, ue: str, topic: str) -> None:
+        try:
+            await self.handler.unsubscribe(ue, [topic])
+        except Exception:
+            log.warning("unsubscribe failed", extra={"ueSvcId": ue, "topic": topic}, exc_info=True)
 
     def _detach_later(self, ue: str) -> None:
         task = asyncio.get_running_loop().create_task(self._detach(ue))
@@ -219,6 +270,22 @@ class CoapApi(resource.Resource, interfaces.ObservableResource, resource.PathCap
             await self.handler.detach(ue)
         except Exception:
             log.warning("detach failed", extra={"ueSvcId": ue}, exc_info=True)
+
+
+SEP = "\x1f"
+
+
+def _query(request: Message, name: str) -> str | None:
+    for item in request.opt.uri_query:
+        key, _, value = item.partition("=")
+        if key == name:
+            return str(value)
+    return None
+
+
+def _on_topic(docs: list[h.Msg | h.Imdn], topic: str) -> list[h.Msg | h.Imdn]:
+    wanted = h.Address(h.AddrType.TOPIC, topic)
+    return [d for d in docs if isinstance(d, h.Msg) and d.dest_addr == wanted]
 
 
 def _expect(code: Code, method: Code) -> None:

@@ -14,7 +14,7 @@ from msgin5g.v1 import common_pb2 as pb
 from msgin5g.v1 import edge_pb2 as epb
 from msgin5g.v1 import edge_pb2_grpc as egrpc
 from msgin5g_coap_edge import aiocoap_fix
-from msgin5g_coap_edge.api import CoapApi
+from msgin5g_coap_edge.api import SEP, CoapApi
 from msgin5g_coap_edge.settings import CoapEdgeSettings
 from msgin5g_common import convert, metrics, service
 from msgin5g_common.edges import Heartbeat, default_edge_id
@@ -47,7 +47,8 @@ async def _renew_leases(api: CoapApi, handler: UplinkHandler, interval: float) -
     """Keeps the route leases of observed UEs alive, in batches."""
     while True:
         await asyncio.sleep(interval)
-        ues = api.observers.ues()
+        topic_ues = {key.split(SEP, 1)[0] for key in api.topic_observers.ues()}
+        ues = sorted(set(api.observers.ues()) | topic_ues)
         for start in range(0, len(ues), 1000):
             try:
                 await handler.renew(ues[start : start + 1000])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -89,3 +90,22 @@ class RegistryServicer(rgrpc.RegistryServiceServicer):
         self, request: rpb.GetUeRequest, context: Context
     ) -> rpb.UeInfo:
         return ue_info(await self.store.get(request.ue_svc_id))
+
+    async def Subscribe(  # noqa: N802
+        self, request: rpb.SubscribeRequest, context: Context
+    ) -> rpb.SubscribeResponse:
+        if not valid_id(request.ue_svc_id) or not all(valid_id(t) for t in request.topics):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "not a UE id or topic name")
+        until = request.expr_time.ToMilliseconds() if request.HasField("expr_time") else math.inf
+        await self.store.subscribe(request.ue_svc_id, list(request.topics), until)
+        log.info("subscribed", extra={"ueSvcId": request.ue_svc_id, "topics": list(request.topics)})
+        return rpb.SubscribeResponse()
+
+    async def Unsubscribe(  # noqa: N802
+        self, request: rpb.SubscribeRequest, context: Context
+    ) -> rpb.SubscribeResponse:
+        await self.store.unsubscribe(request.ue_svc_id, list(request.topics))
+        log.info(
+            "unsubscribed", extra={"ueSvcId": request.ue_svc_id, "topics": list(request.topics)}
+        )
+        return rpb.SubscribeResponse()

@@ -171,6 +171,16 @@ def _ori(ori: str) -> pb.Address:
 MAX_MEMBERS = 100_000
 
 
+class SubscriberPublic(BaseModel):
+    ueSvcId: str
+    exprTime: datetime | None = None
+
+
+class TopicPublic(BaseModel):
+    topic: str
+    subscribers: list[SubscriberPublic]
+
+
 class GroupMembers(BaseModel):
     members: list[str] = Field(min_length=1, max_length=MAX_MEMBERS)
 
@@ -505,6 +515,35 @@ def create_app(
                 request.url.path,
             )
         return Response(status_code=204)
+
+    @app.get(
+        "/api/v1/topics/{topic}",
+        response_model=TopicPublic,
+        responses={400: {"model": ProblemDetails}},
+        summary="A messaging topic's current subscribers (TS 23.554 8.8)",
+    )
+    async def get_topic(
+        topic: Annotated[str, Path(description="Topic name")], store: StoreDep, request: Request
+    ) -> TopicPublic | JSONResponse:
+        if not _UE_ID_RE.fullmatch(topic):
+            return problem(
+                400,
+                "Bad Request",
+                "topic: must be 1-128 characters of [A-Za-z0-9._~@:+-]",
+                Cause.INVALID_REQUEST,
+                request.url.path,
+            )
+        now = int(datetime.now(UTC).timestamp() * 1000)
+        rows = await store.subscribers(topic, now)
+        return TopicPublic(
+            topic=topic,
+            subscribers=[
+                SubscriberPublic(
+                    ueSvcId=ue, exprTime=None if until == float("inf") else _ms(int(until))
+                )
+                for ue, until in rows
+            ],
+        )
 
     @app.get("/healthz", summary="Liveness")
     async def healthz() -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.typing import EncodableT, FieldT
@@ -66,16 +67,42 @@ class RegistryStore:
             "maxSegSize": max_seg_size or 0,
         }
         key = self.keys.ue_reg(ue)
+        previous = await self.redis.hget(key, "bcArea")
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(key)
             pipe.hset(key, mapping=fields)
             pipe.pexpire(key, lifetime * 1000)
             pipe.set(self.keys.ue_known(ue), now, nx=True)
             await pipe.execute()
+        old_area = previous.decode() if isinstance(previous, bytes) else (previous or "")
+        if old_area and old_area != bc_area:
+            await self.redis.zrem(self.keys.bc_area(old_area), ue)
+        if bc_area:
+            # Scored by the registration's expiry: a lapsed registration leaves the area.
+            await self.redis.zadd(self.keys.bc_area(bc_area), {ue: reg.expires_at_ms})
         return reg
 
     async def deregister(self, ue: str) -> bool:
+        area = await self.redis.hget(self.keys.ue_reg(ue), "bcArea")
+        if area:
+            name = area.decode() if isinstance(area, bytes) else str(area)
+            await self.redis.zrem(self.keys.bc_area(name), ue)
         return bool(await self.redis.delete(self.keys.ue_reg(ue)))
+
+    async def subscribe(self, ue: str, topics: list[str], until_ms: float) -> None:
+        for topic in topics:
+            await self.redis.zadd(self.keys.topic_subs(topic), {ue: until_ms})
+
+    async def unsubscribe(self, ue: str, topics: list[str]) -> None:
+        for topic in topics:
+            await self.redis.zrem(self.keys.topic_subs(topic), ue)
+
+    async def subscribers(self, topic: str, now_ms: int) -> list[tuple[str, float]]:
+        """Current subscribers of a topic with their subscription expiry (ms; inf: none)."""
+        rows: Any = await self.redis.zrangebyscore(
+            self.keys.topic_subs(topic), now_ms, "+inf", withscores=True
+        )
+        return [(m.decode() if isinstance(m, bytes) else str(m), float(score)) for m, score in rows]
 
     async def provision(self, ue: str) -> bool:
         """Makes a UE known without registering it; False when it was known already."""

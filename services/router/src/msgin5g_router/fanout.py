@@ -99,9 +99,24 @@ class Fanout:
 
     # -- starting a fan-out (before the originator is answered) ------------------------------
 
-    async def split(self, ori: str, msg_id: str, group: str) -> int:
-        """Queues one task per page of the group's members; returns how many members."""
-        key = self.keys.group_members(group)
+    async def snapshot(self, ori: str, msg_id: str, source: str, ttl_ms: int) -> str:
+        """Copies the current members of a scored set (topic subscribers, UEs of a broadcast
+        area: score = until when) into a recipient set of the message; returns its key."""
+        key = self.keys.fanout_recipients(ori, msg_id)
+        now = now_ms()
+        offset = 0
+        while True:
+            chunk = await self.redis.zrangebyscore(source, now, "+inf", start=offset, num=10_000)
+            if not chunk:
+                break
+            await self.redis.zadd(key, dict.fromkeys((_text(m) for m in chunk), 0))
+            offset += len(chunk)
+        await self.redis.pexpire(key, ttl_ms)
+        return key
+
+    async def split(self, ori: str, msg_id: str, key: str) -> int:
+        """Queues one task per page of the members in ``key`` (a set scored 0, paged by id);
+        returns how many members."""
         boundaries = [""]
         after = "-"
         total = 0
@@ -117,7 +132,7 @@ class Fanout:
             for start in boundaries:
                 pipe.xadd(
                     self.keys.fanout_stream(),
-                    {"ori": ori, "msgId": msg_id, "group": group, "after": start},
+                    {"ori": ori, "msgId": msg_id, "source": key, "after": start},
                 )
             await pipe.execute()
         return total
@@ -155,22 +170,19 @@ class Fanout:
 
     async def _handle(self, entry_id: object, raw: dict[object, object]) -> None:
         fields = {_text(k): _text(v) for k, v in raw.items()}
-        await self.deliver_page(fields["ori"], fields["msgId"], fields["group"], fields["after"])
+        await self.deliver_page(fields["ori"], fields["msgId"], fields["source"], fields["after"])
         await self.redis.xack(self.keys.fanout_stream(), GROUP, _text(entry_id))
         await self.redis.xdel(self.keys.fanout_stream(), _text(entry_id))
 
-    async def deliver_page(self, ori: str, msg_id: str, group: str, after: str) -> None:
+    async def deliver_page(self, ori: str, msg_id: str, source: str, after: str) -> None:
         record = await self.store.record(ori, msg_id)
         if "doc" not in record:
             return  # expired or never there: nothing to do
         msg = pb.Downlink.FromString(record["doc"]).msg
-        log.info("fan-out page started", extra={"msgId": msg_id, "group": group, "page": after})
+        log.info("fan-out page started", extra={"msgId": msg_id, "page": after})
         low = f"({after}" if after else "-"
         members = [
-            _text(m)
-            for m in await self.redis.zrangebylex(
-                self.keys.group_members(group), low, "+", start=0, num=self.page
-            )
+            _text(m) for m in await self.redis.zrangebylex(source, low, "+", start=0, num=self.page)
         ]
         # The originator does not receive its own group message.
         members = [m for m in members if f"UE:{m}" != ori]
@@ -194,7 +206,6 @@ class Fanout:
             extra={
                 "msgId": msg_id,
                 "ori": ori,
-                "group": group,
                 "page": after,
                 "members": len(todo),
             },

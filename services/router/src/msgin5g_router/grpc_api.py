@@ -88,8 +88,9 @@ class RouterServicer(rgrpc.RouterServiceServicer):
         kind = await self._edge_kind(request.edge, context)
         if msg.ori_addr.addr_type != pb.ADDR_TYPE_UE:
             return _failed(msg.msg_id, Cause.INVALID_REQUEST, "oriAddr: a UE sends over MSGin5G-1")
-        if msg.dest_addr.addr_type == pb.ADDR_TYPE_GROUP and self.fanout is not None:
-            return await self._submit_group(msg, kind, request.edge.edge_id, self.fanout)
+        many = (pb.ADDR_TYPE_GROUP, pb.ADDR_TYPE_TOPIC, pb.ADDR_TYPE_BC)
+        if msg.dest_addr.addr_type in many and self.fanout is not None:
+            return await self._submit_fanout(msg, kind, request.edge.edge_id, self.fanout)
         if msg.dest_addr.addr_type != pb.ADDR_TYPE_UE:
             name = domain.ADDR_TYPE_NAME.get(msg.dest_addr.addr_type, "?")
             return _failed(
@@ -161,29 +162,35 @@ class RouterServicer(rgrpc.RouterServiceServicer):
                 return None
         return int(expires * 1000), int((expires - now + self.settings.state_retention) * 1000)
 
-    async def _submit_group(
+    async def _submit_fanout(
         self, msg: pb.Message, kind: str, edge_id: str, fanout: Fanout
     ) -> rpb.SubmitMessageResponse:
-        """A group message: accepted once, then fanned out to every member but the sender."""
-        ori_ue, group = msg.ori_addr.addr, msg.dest_addr.addr
+        """A group, topic or broadcast message: accepted once, then fanned out to every
+        recipient but the sender, each by its own UE Service ID."""
+        ori_ue, target = msg.ori_addr.addr, msg.dest_addr.addr
         if not await self.store.is_registered(ori_ue):
             return _failed(msg.msg_id, Cause.NOT_REGISTERED, f"UE {ori_ue} is not registered")
         await self._seen(ori_ue, kind, edge_id)
-        size, member = await self.store.group_membership(group, ori_ue)
-        if size == 0:
-            return _failed(msg.msg_id, Cause.UNKNOWN_RECIPIENT, f"group {group} does not exist")
-        if not member:
-            return _failed(
-                msg.msg_id, Cause.NOT_AUTHORIZED, f"{ori_ue} is not a member of group {group}"
-            )
+        keys = self.store.keys
+        if msg.dest_addr.addr_type == pb.ADDR_TYPE_GROUP:
+            size, member = await self.store.group_membership(target, ori_ue)
+            if size == 0:
+                return _failed(
+                    msg.msg_id, Cause.UNKNOWN_RECIPIENT, f"group {target} does not exist"
+                )
+            if not member:
+                return _failed(
+                    msg.msg_id, Cause.NOT_AUTHORIZED, f"{ori_ue} is not a member of group {target}"
+                )
         expiry = self._expiry(msg)
         if expiry is None:
             return _failed(msg.msg_id, Cause.EXPIRED, "stoAndFwParams.exprTime is in the past")
         expires_ms, ttl_ms = expiry
         ori_key = domain.address_key(msg.ori_addr)
         doc = pb.Downlink(msg=msg).SerializeToString()
+        dest_key = domain.address_key(msg.dest_addr)
         created, earlier, _ = await self.store.accept(
-            ori_key, msg.msg_id, doc, f"GROUP:{group}", ttl_ms, expires_ms
+            ori_key, msg.msg_id, doc, dest_key, ttl_ms, expires_ms
         )
         if not created:
             return rpb.SubmitMessageResponse(
@@ -191,11 +198,21 @@ class RouterServicer(rgrpc.RouterServiceServicer):
                 result=RESULT.get(earlier, pb.MSG_RESULT_ACCEPTED),
                 failure_cause=Cause.DUPLICATE.value,
             )
-        members = await fanout.split(ori_key, msg.msg_id, group)
+        if msg.dest_addr.addr_type == pb.ADDR_TYPE_GROUP:
+            source = keys.group_members(target)
+        else:
+            # Topic subscribers and the UEs of an area change: take them as they are now.
+            scored = (
+                keys.topic_subs(target)
+                if msg.dest_addr.addr_type == pb.ADDR_TYPE_TOPIC
+                else keys.bc_area(target)
+            )
+            source = await fanout.snapshot(ori_key, msg.msg_id, scored, ttl_ms)
+        recipients = await fanout.split(ori_key, msg.msg_id, source)
         await self.store.set_outcome(ori_key, msg.msg_id, "ACCEPTED")
         log.info(
             "accepted",
-            extra={"msgId": msg.msg_id, "ori": ori_key, "group": group, "members": members},
+            extra={"msgId": msg.msg_id, "ori": ori_key, "dest": dest_key, "recipients": recipients},
         )
         return rpb.SubmitMessageResponse(msg_id=msg.msg_id, result=pb.MSG_RESULT_ACCEPTED)
 

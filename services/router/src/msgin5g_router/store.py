@@ -202,9 +202,10 @@ class RouterStore:
         """Creates the record unless it exists: (created, outcome of the earlier copy, whether
         the earlier copy has reached a final state for ``rcpt``)."""
         now = now_ms()
-        # A group message's record gets one state per member from the fan-out instead.
-        group = rcpt.startswith("GROUP:")
-        state = "" if group else json.dumps({"state": "ACCEPTED", "times": {"ACCEPTED": now}})
+        # A group, topic or broadcast message's record gets one state per recipient from the
+        # fan-out instead.
+        many = rcpt.split(":", 1)[0] in ("GROUP", "TOPIC", "BC")
+        state = "" if many else json.dumps({"state": "ACCEPTED", "times": {"ACCEPTED": now}})
         created, outcome, final = await self._accept(
             keys=[self.keys.message(ori, msg_id)],
             args=[doc, now, ttl_ms, rcpt, state, expires_ms],

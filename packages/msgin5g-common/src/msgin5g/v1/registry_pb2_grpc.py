@@ -49,6 +49,16 @@ class RegistryServiceStub:
                 request_serializer=msgin5g_dot_v1_dot_registry__pb2.GetUeRequest.SerializeToString,
                 response_deserializer=msgin5g_dot_v1_dot_registry__pb2.UeInfo.FromString,
                 _registered_method=True)
+        self.Subscribe = channel.unary_unary(
+                '/msgin5g.v1.RegistryService/Subscribe',
+                request_serializer=msgin5g_dot_v1_dot_registry__pb2.SubscribeRequest.SerializeToString,
+                response_deserializer=msgin5g_dot_v1_dot_registry__pb2.SubscribeResponse.FromString,
+                _registered_method=True)
+        self.Unsubscribe = channel.unary_unary(
+                '/msgin5g.v1.RegistryService/Unsubscribe',
+                request_serializer=msgin5g_dot_v1_dot_registry__pb2.SubscribeRequest.SerializeToString,
+                response_deserializer=msgin5g_dot_v1_dot_registry__pb2.SubscribeResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -74,6 +84,19 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Subscribe(self, request, context):
+        """Messaging topics (TS 23.554 8.8): a UE subscribes until exprTime (or until it unsubscribes).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Unsubscribe(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -91,6 +114,16 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.GetUe,
                     request_deserializer=msgin5g_dot_v1_dot_registry__pb2.GetUeRequest.FromString,
                     response_serializer=msgin5g_dot_v1_dot_registry__pb2.UeInfo.SerializeToString,
+            ),
+            'Subscribe': grpc.unary_unary_rpc_method_handler(
+                    servicer.Subscribe,
+                    request_deserializer=msgin5g_dot_v1_dot_registry__pb2.SubscribeRequest.FromString,
+                    response_serializer=msgin5g_dot_v1_dot_registry__pb2.SubscribeResponse.SerializeToString,
+            ),
+            'Unsubscribe': grpc.unary_unary_rpc_method_handler(
+                    servicer.Unsubscribe,
+                    request_deserializer=msgin5g_dot_v1_dot_registry__pb2.SubscribeRequest.FromString,
+                    response_serializer=msgin5g_dot_v1_dot_registry__pb2.SubscribeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -174,6 +207,60 @@ class RegistryService:
             '/msgin5g.v1.RegistryService/GetUe',
             msgin5g_dot_v1_dot_registry__pb2.GetUeRequest.SerializeToString,
             msgin5g_dot_v1_dot_registry__pb2.UeInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Subscribe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/msgin5g.v1.RegistryService/Subscribe',
+            msgin5g_dot_v1_dot_registry__pb2.SubscribeRequest.SerializeToString,
+            msgin5g_dot_v1_dot_registry__pb2.SubscribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Unsubscribe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/msgin5g.v1.RegistryService/Unsubscribe',
+            msgin5g_dot_v1_dot_registry__pb2.SubscribeRequest.SerializeToString,
+            msgin5g_dot_v1_dot_registry__pb2.SubscribeResponse.FromString,
             options,
             channel_credentials,
             insecure,

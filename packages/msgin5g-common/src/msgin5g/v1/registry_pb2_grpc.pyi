@@ -36,6 +36,9 @@ class RegistryServiceStub:
     Deregister: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeregisterRequest, _registry_pb2.DeregisterResponse]
     """Ends a UE's registration; the UE stays known (its stored messages wait)."""
     GetUe: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetUeRequest, _registry_pb2.UeInfo]
+    Subscribe: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SubscribeRequest, _registry_pb2.SubscribeResponse]
+    """Messaging topics (TS 23.554 8.8): a UE subscribes until exprTime (or until it unsubscribes)."""
+    Unsubscribe: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SubscribeRequest, _registry_pb2.SubscribeResponse]
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -45,6 +48,9 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     Deregister: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeregisterRequest, _registry_pb2.DeregisterResponse]  # type: ignore[assignment]
     """Ends a UE's registration; the UE stays known (its stored messages wait)."""
     GetUe: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetUeRequest, _registry_pb2.UeInfo]  # type: ignore[assignment]
+    Subscribe: _aio.UnaryUnaryMultiCallable[_registry_pb2.SubscribeRequest, _registry_pb2.SubscribeResponse]  # type: ignore[assignment]
+    """Messaging topics (TS 23.554 8.8): a UE subscribes until exprTime (or until it unsubscribes)."""
+    Unsubscribe: _aio.UnaryUnaryMultiCallable[_registry_pb2.SubscribeRequest, _registry_pb2.SubscribeResponse]  # type: ignore[assignment]
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -69,5 +75,20 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.GetUeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.UeInfo, _abc.Awaitable[_registry_pb2.UeInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def Subscribe(
+        self,
+        request: _registry_pb2.SubscribeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.SubscribeResponse, _abc.Awaitable[_registry_pb2.SubscribeResponse]]:
+        """Messaging topics (TS 23.554 8.8): a UE subscribes until exprTime (or until it unsubscribes)."""
+
+    @_abc_1.abstractmethod
+    def Unsubscribe(
+        self,
+        request: _registry_pb2.SubscribeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.SubscribeResponse, _abc.Awaitable[_registry_pb2.SubscribeResponse]]: ...
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
