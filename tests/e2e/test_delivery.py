@@ -346,3 +346,24 @@ async def test_edge_refuses_a_delivery_meant_for_another_replica(
         assert (await edge.Deliver(request, timeout=5)).forwarded is True
         # Only the delivery meant for this replica reached the UE.
         assert (await ue.receive()).msg_id == "fenced"
+
+
+async def test_recipient_refusal_is_reported_to_a_sender_who_asked(stack: Stack) -> None:
+    async with (
+        MqttUe(new_ue_id("mqtt-a"), stack.mqtt_addr) as a,
+        CoapUe(new_ue_id("coap-b"), stack.coap_addr) as b,
+    ):
+        await a.register()
+        await b.register()
+        sent = await a.send(b.ue_svc_id, "you will not like this", deliv_st_req_ind=True)
+        (pending,) = await b.inbox()
+        refusal = h.MsgResp(pending.msg_id, h.MsgResult.FAILED, "UNSUPPORTED_APP",
+                            ue_svc_id=b.ue_svc_id, ori_addr=pending.ori_addr)  # fmt: skip
+        response = await b.request(Code.POST, "msg", h.encode(refusal))
+        assert response.code == Code.CHANGED
+        report = await a.receive()
+        assert isinstance(report, h.Imdn)
+        assert (report.msg_id, report.deliv_st) == (sent.msg_id, h.DelivSt.REPT_DELY_FAILED)
+        assert report.failure_cause == "UNSUPPORTED_APP"
+        rcpt = _only(await _state(stack, sent.msg_id, a.ue_svc_id))
+        assert (rcpt["state"], rcpt["failureCause"]) == ("FAILED", "UNSUPPORTED_APP")

@@ -247,6 +247,9 @@ class RouterServicer(rgrpc.RouterServiceServicer):
             )
             if accepted_ms > 1 and not failed:
                 metrics.DELIVERY_LATENCY.observe(max(time.time() - accepted_ms / 1000, 0))
+            if accepted_ms and failed and doc.msg.deliv_st_req_ind:
+                # The recipient refused it for good: the sender asked to know.
+                await self.reports.failed(doc.msg, ue, request.failure_cause or "REFUSED")
         log.info("delivered", extra={"msgId": request.msg_id, "ueSvcId": ue, "ref": acked.ref})
         if kind == COAP and acked.remaining >= self.dispatcher.inbox_limit:
             # The acknowledgement made room in the bounded inbox view: show the next document.
