@@ -159,19 +159,16 @@ class CoapUe:
             raise _failure(response)
         return _downlink(response.payload)
 
-    async def _take(self, docs: list[DownlinkDoc], auto_ack: bool) -> list[DownlinkDoc]:
-        """Acknowledges every document (a redelivery too: the server is waiting for it) and
-        returns those the application has not seen yet."""
-        fresh = []
-        for doc in docs:
-            first = self.seen.first_time(doc)
-            if auto_ack:
-                await self.ack(doc)
-                if first and isinstance(doc, h.Msg) and doc.deliv_st_req_ind:
-                    await self.report(doc)
-            if first:
-                fresh.append(doc)
-        return fresh
+    async def _take(self, doc: DownlinkDoc, auto_ack: bool) -> bool:
+        """Acknowledges a document (a redelivery too: the server waits for it), then tells
+        whether the application has not seen it yet. A document counts as seen only once it
+        is acknowledged: if the acknowledgement fails it comes again, and is taken then."""
+        if auto_ack:
+            await self.ack(doc)
+        first = self.seen.first_time(doc)
+        if first and auto_ack and isinstance(doc, h.Msg) and doc.deliv_st_req_ind:
+            await self.report(doc)
+        return first
 
     async def observe(
         self, *, auto_ack: bool = True, on_established: asyncio.Future[None] | None = None
@@ -190,11 +187,13 @@ class CoapUe:
                 raise _failure(first)
             if on_established is not None and not on_established.done():
                 on_established.set_result(None)
-            for doc in await self._take(_downlink(first.payload), auto_ack):
-                yield doc
-            async for notification in request.observation:
-                for doc in await self._take(_downlink(notification.payload), auto_ack):
+            for doc in _downlink(first.payload):
+                if await self._take(doc, auto_ack):
                     yield doc
+            async for notification in request.observation:
+                for doc in _downlink(notification.payload):
+                    if await self._take(doc, auto_ack):
+                        yield doc
         finally:
             if not request.observation.cancelled:
                 request.observation.cancel()

@@ -214,11 +214,13 @@ class MqttUe:
                 yield doc
 
     async def _take(self, doc: DownlinkDoc, auto_ack: bool) -> bool:
-        first = self.seen.first_time(doc)
+        """Acknowledges, then tells whether the application has not seen the document; it
+        counts as seen only once acknowledged (a failed acknowledgement means it comes again)."""
         if auto_ack:
             await self.ack(doc)
-            if first and isinstance(doc, h.Msg) and doc.deliv_st_req_ind:
-                await self.report(doc)
+        first = self.seen.first_time(doc)
+        if first and auto_ack and isinstance(doc, h.Msg) and doc.deliv_st_req_ind:
+            await self.report(doc)
         return first
 
 

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+import grpc
 from aiocoap import Message, interfaces, resource
 from aiocoap.numbers.codes import Code
 from aiocoap.numbers.contentformat import ContentFormat
@@ -131,6 +132,12 @@ class CoapApi(resource.Resource, interfaces.ObservableResource, resource.PathCap
             return Message(code=Code.METHOD_NOT_ALLOWED)
         except Msgin5gError as err:
             return error_message(err.cause, err.detail)
+        except grpc.aio.AioRpcError as exc:
+            # The router or registry did not answer (restarting, overloaded): retry later.
+            log.warning("backend call failed", extra={"code": exc.code().name})
+            response = error_message(Cause.OVERLOADED, f"backend unavailable: {exc.code().name}")
+            response.opt.max_age = 1
+            return response
         except Exception:
             log.exception("request failed", extra={"path": "/".join(request.opt.uri_path)})
             return error_message(Cause.INTERNAL_ERROR, "internal error")

@@ -8,7 +8,6 @@ import logging
 
 import aiocoap
 import grpc
-from redis.asyncio import Redis
 
 from msgin5g.v1 import common_pb2 as pb
 from msgin5g.v1 import edge_pb2 as epb
@@ -16,7 +15,7 @@ from msgin5g.v1 import edge_pb2_grpc as egrpc
 from msgin5g_coap_edge import aiocoap_fix
 from msgin5g_coap_edge.api import SEP, CoapApi
 from msgin5g_coap_edge.settings import CoapEdgeSettings
-from msgin5g_common import convert, metrics, service
+from msgin5g_common import convert, metrics, redisutil, service
 from msgin5g_common.edges import Heartbeat, default_edge_id
 from msgin5g_common.grpcutil import Context, GrpcServer, host_of
 from msgin5g_common.keys import Keys
@@ -66,7 +65,7 @@ async def serve(settings: CoapEdgeSettings, stop: asyncio.Event) -> None:
     api = CoapApi(handler, settings.max_payload, settings.coap_notification_bytes)
     handler.observed = api.observers.holds
 
-    redis = Redis.from_url(settings.redis_url)
+    redis = redisutil.connect(settings.redis_url)
     await redis.ping()
 
     grpc_server = GrpcServer(["msgin5g.v1.EdgeService"])

@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from redis.asyncio import Redis
-
 from msgin5g.v1 import common_pb2 as pb
 from msgin5g.v1 import edge_pb2 as epb
 from msgin5g.v1 import edge_pb2_grpc as egrpc
-from msgin5g_common import convert, metrics, service
+from msgin5g_common import convert, metrics, redisutil, service
 from msgin5g_common import header as h
 from msgin5g_common.edges import Heartbeat, default_edge_id
 from msgin5g_common.grpcutil import Context, GrpcServer, host_of
@@ -52,7 +50,7 @@ async def serve(settings: MqttEdgeSettings, stop: asyncio.Event) -> None:
     )
     bridge = MqttBridge(settings, handler, edge_id)
 
-    redis = Redis.from_url(settings.redis_url)
+    redis = redisutil.connect(settings.redis_url)
     await redis.ping()
     grpc_server = GrpcServer(["msgin5g.v1.EdgeService"])
     grpc_server.add(

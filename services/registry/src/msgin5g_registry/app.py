@@ -9,11 +9,10 @@ import socket
 from collections.abc import Generator
 
 import uvicorn
-from redis.asyncio import Redis
 
 from msgin5g.v1 import registry_pb2_grpc as rgrpc
 from msgin5g.v1 import router_pb2_grpc as rgrpc_router
-from msgin5g_common import metrics, service
+from msgin5g_common import metrics, redisutil, service
 from msgin5g_common.grpcutil import GrpcServer, channel, host_of
 from msgin5g_common.keys import Keys
 from msgin5g_registry.grpc_api import RegistryServicer
@@ -33,7 +32,7 @@ class _HttpServer(uvicorn.Server):
 
 
 async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
-    redis = Redis.from_url(settings.redis_url)
+    redis = redisutil.connect(settings.redis_url)
     await redis.ping()
     store = RegistryStore(redis, Keys(settings.redis_prefix))
 

@@ -7,10 +7,8 @@ import contextlib
 import os
 import socket
 
-from redis.asyncio import Redis
-
 from msgin5g.v1 import router_pb2_grpc as rgrpc
-from msgin5g_common import metrics, service
+from msgin5g_common import metrics, redisutil, service
 from msgin5g_common.grpcutil import GrpcServer, host_of
 from msgin5g_common.keys import Keys
 from msgin5g_router.dispatch import Dispatcher, EdgeClients, RetryPolicy
@@ -23,7 +21,7 @@ from msgin5g_router.sweeper import Sweeper
 
 
 async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
-    redis = Redis.from_url(settings.redis_url)
+    redis = redisutil.connect(settings.redis_url)
     await redis.ping()
     store = RouterStore(redis, Keys(settings.redis_prefix))
     clients = EdgeClients()

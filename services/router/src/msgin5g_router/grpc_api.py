@@ -251,8 +251,9 @@ class RouterServicer(rgrpc.RouterServiceServicer):
                 # The recipient refused it for good: the sender asked to know.
                 await self.reports.failed(doc.msg, ue, request.failure_cause or "REFUSED")
         log.info("delivered", extra={"msgId": request.msg_id, "ueSvcId": ue, "ref": acked.ref})
-        if kind == COAP and acked.remaining >= self.dispatcher.inbox_limit:
-            # The acknowledgement made room in the bounded inbox view: show the next document.
+        if kind == COAP and acked.remaining > 0:
+            # A notification shows only the first pending documents (bounded by count and by
+            # size): each acknowledgement lets the observer see what comes next.
             self.dispatcher.spawn(ue)
         return rpb.AcknowledgeResponse(matched=True)
 
