@@ -6,8 +6,9 @@
 ``system``: N MQTT UEs register (one connection publishes their REGs, as a gateway would), a
 group of all of them is created, one member sends one MSG to the group, and a wildcard
 subscriber on ``msgin5g/ue/+`` waits until every other member's copy has been published by
-the server. ``raw``: one client publishes N QoS 1 messages to N topics and the same kind of
-subscriber waits for all of them. Each prints one JSON line with its measurements.
+the server, acknowledging each copy for its UE as the device would. ``raw``: one client
+publishes N QoS 1 messages to N topics and the same kind of subscriber waits for all of them.
+Each prints one JSON line with its measurements.
 """
 
 from __future__ import annotations
@@ -40,16 +41,35 @@ def _client(port: int, name: str) -> aiomqtt.Client:
     )
 
 
-async def _count(client: aiomqtt.Client, wanted: int, match: bytes, done: asyncio.Event,
-                 seen: set[str]) -> None:  # fmt: skip
-    """Counts distinct topics whose payload contains ``match`` (redeliveries count once)."""
+async def _count(
+    client: aiomqtt.Client,
+    wanted: int,
+    match: bytes,
+    done: asyncio.Event,
+    seen: set[str],
+    acker: aiomqtt.Client | None = None,
+) -> None:
+    """Counts distinct topics that received a document containing ``match`` (redeliveries
+    count once); with ``acker``, only MSG copies count, and each is acknowledged for its UE
+    as the device would."""
     async for message in client.messages:
         payload = message.payload
-        if isinstance(payload, bytes | bytearray) and match in payload:
-            seen.add(message.topic.value)
-            if len(seen) >= wanted:
-                done.set()
-                return
+        if not isinstance(payload, bytes | bytearray) or match not in payload:
+            continue
+        topic = message.topic.value
+        if acker is not None:
+            doc = h.decode_any(bytes(payload))
+            if not isinstance(doc, h.Msg):
+                continue  # the sender's own MSGRESP
+            if topic not in seen:
+                ue = topic.rsplit("/", 1)[1]
+                ack = h.MsgResp(doc.msg_id, h.MsgResult.DELIVERED, ue_svc_id=ue,
+                                ori_addr=doc.ori_addr)  # fmt: skip
+                await acker.publish(f"msgin5g/up/{ue}", h.encode(ack), qos=0)
+        seen.add(topic)
+        if len(seen) >= wanted:
+            done.set()
+            return
 
 
 async def system(port: int, http_url: str, members: int) -> dict[str, float]:
@@ -75,13 +95,15 @@ async def system(port: int, http_url: str, members: int) -> dict[str, float]:
         got: set[str] = set()
         delivered = asyncio.Event()
         msg_id = f"fanout-{run}"
-        counting = asyncio.create_task(_count(sub, members - 1, msg_id.encode(), delivered, got))
-        async with MqttUe(ids[0], ("127.0.0.1", port)) as sender:
+        counting = asyncio.create_task(
+            _count(sub, members - 1, msg_id.encode(), delivered, got, acker=gateway)
+        )
+        async with MqttUe(ids[0], ("127.0.0.1", port), timeout=60) as sender:
             await sender.register()
             msg = h.Msg(msg_id, h.Address(h.AddrType.UE, ids[0]),
                         h.Address(h.AddrType.GROUP, group), payload="to everyone")  # fmt: skip
             start = time.perf_counter()
-            accepted = await sender.send_msg(msg)
+            accepted = await sender.send_msg(msg, attempts=3)
             acceptance = time.perf_counter() - start
             await asyncio.wait_for(delivered.wait(), 600)
             fanout = time.perf_counter() - start

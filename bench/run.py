@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 from msgin5g_devstack.stack import Ports, Stack, StackConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
+DATA = Path(".run/bench")
 
 
 async def _generator(*args: str) -> dict[str, Any]:
@@ -45,9 +47,11 @@ async def group_fanout(stack: Stack, members: int) -> dict[str, Any]:
 
 async def main(members: int, rate: float) -> None:
     stamp = datetime.now(UTC)
+    # A fresh Redis every run: what an earlier run left pending would be retried meanwhile.
+    shutil.rmtree(DATA, ignore_errors=True)
     config = StackConfig(
         ports=Ports.ephemeral(),
-        data_dir=Path(".run/bench"),
+        data_dir=DATA,
         env={"MSGIN5G_FANOUT_RATE": str(rate)},
     )
     async with Stack(config) as stack:

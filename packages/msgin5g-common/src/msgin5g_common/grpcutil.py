@@ -24,6 +24,10 @@ CHANNEL_OPTIONS = [
 SERVER_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    # Clients behind a Kubernetes Service keep one HTTP/2 connection to one pod; closing it
+    # now and then lets them spread over replicas added since (HPA).
+    ("grpc.max_connection_age_ms", 300_000),
+    ("grpc.max_connection_age_grace_ms", 30_000),
 ]
 
 
@@ -44,9 +48,14 @@ class GrpcServer:
         if port == 0:
             raise OSError(f"cannot bind gRPC on {bind}")
         await self.server.start()
+        # NOT_SERVING until the service says it is ready (its dependencies answer).
+        for name in ["", *self.service_names]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        return port
+
+    async def serving(self) -> None:
         for name in ["", *self.service_names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        return port
 
     async def stop(self, grace: float = 5.0) -> None:
         for name in ["", *self.service_names]:

@@ -66,7 +66,10 @@ async def serve(settings: CoapEdgeSettings, stop: asyncio.Event) -> None:
     handler.observed = api.observers.holds
 
     redis = redisutil.connect(settings.redis_url)
-    await redis.ping()
+    if not await redisutil.wait_until_up(redis, stop):
+        await redis.aclose()
+        await handler.close()
+        return
 
     grpc_server = GrpcServer(["msgin5g.v1.EdgeService"])
     grpc_server.add(
@@ -90,6 +93,7 @@ async def serve(settings: CoapEdgeSettings, stop: asyncio.Event) -> None:
     )
     await heartbeat.start()
     renew = asyncio.create_task(_renew_leases(api, handler, settings.lease_renew_interval))
+    await grpc_server.serving()
     metrics_port = metrics.serve(settings.metrics_host, settings.metrics_port)
     service.ready(
         metrics=f"http://{settings.metrics_host}:{metrics_port}/metrics",

@@ -51,7 +51,10 @@ async def serve(settings: MqttEdgeSettings, stop: asyncio.Event) -> None:
     bridge = MqttBridge(settings, handler, edge_id)
 
     redis = redisutil.connect(settings.redis_url)
-    await redis.ping()
+    if not await redisutil.wait_until_up(redis, stop):
+        await redis.aclose()
+        await handler.close()
+        return
     grpc_server = GrpcServer(["msgin5g.v1.EdgeService"])
     grpc_server.add(
         lambda s: egrpc.add_EdgeServiceServicer_to_server(EdgeServicer(bridge, edge_id), s)
@@ -74,6 +77,7 @@ async def serve(settings: MqttEdgeSettings, stop: asyncio.Event) -> None:
     )
     if not stop.is_set():
         await heartbeat.start()
+        await grpc_server.serving()
         metrics_port = metrics.serve(settings.metrics_host, settings.metrics_port)
         service.ready(
             metrics=f"http://{settings.metrics_host}:{metrics_port}/metrics",

@@ -33,7 +33,9 @@ class _HttpServer(uvicorn.Server):
 
 async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
     redis = redisutil.connect(settings.redis_url)
-    await redis.ping()
+    if not await redisutil.wait_until_up(redis, stop):
+        await redis.aclose()
+        return
     store = RegistryStore(redis, Keys(settings.redis_prefix))
 
     grpc_server = GrpcServer(["msgin5g.v1.RegistryService"])
@@ -55,6 +57,8 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
     )
     http = _HttpServer(config)
     http_task = asyncio.create_task(http.serve(sockets=[sock]))
+
+    await grpc_server.serving()
 
     metrics_port = metrics.serve(settings.metrics_host, settings.metrics_port)
     service.ready(

@@ -22,7 +22,9 @@ from msgin5g_router.sweeper import Sweeper
 
 async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
     redis = redisutil.connect(settings.redis_url)
-    await redis.ping()
+    if not await redisutil.wait_until_up(redis, stop):
+        await redis.aclose()
+        return
     store = RouterStore(redis, Keys(settings.redis_prefix))
     clients = EdgeClients()
     retry = RetryPolicy(
@@ -54,6 +56,7 @@ async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
     port = await server.start(settings.grpc_bind)
     sweeping = asyncio.create_task(sweeper.run())
     fanning = asyncio.create_task(fanout.run())
+    await server.serving()
     metrics_port = metrics.serve(settings.metrics_host, settings.metrics_port)
     service.ready(
         metrics=f"http://{settings.metrics_host}:{metrics_port}/metrics",

@@ -77,6 +77,8 @@ class Dispatcher:
         # One dispatch at a time per UE keeps the per-recipient order on the wire.
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # Dispatches in flight at once: more only queue up for Redis connections and edges.
+        self._slots = asyncio.Semaphore(64)
 
     def spawn(self, ue: str, new_refs: list[str] | None = None) -> None:
         """Dispatches in the background (the caller has already answered its client)."""
@@ -111,7 +113,7 @@ class Dispatcher:
         """Sends the UE its pending documents; ``new_refs`` limits MQTT to the new ones
         (None: everything pending, as on a re-attach). True when they left for the UE."""
         try:
-            async with self._serialized(ue):
+            async with self._serialized(ue), self._slots:
                 return await self._dispatch(ue, new_refs)
         except Exception:
             log.exception("dispatch failed", extra={"ueSvcId": ue})
