@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import pytest
 
 from msgin5g_client import CoapUe, MqttUe, RequestFailed
-from msgin5g_client.common import DownlinkDoc, build_msg
+from msgin5g_client.common import DownlinkDoc, build_msg, with_retries
 from msgin5g_common import header as h
 from msgin5g_devstack.stack import Stack
 from tests.conftest import new_ue_id
@@ -174,19 +174,9 @@ class Recipient:
 
 
 async def retrying(action: Callable[[], Awaitable[object]], attempts: int = 6) -> None:
-    """Runs a device's request again when it fails or goes unanswered, with the back-off of
-    the client's own retries (0.2 s, doubling): pacing, not waiting for a condition."""
-    delay = 0.2
-    for left in range(attempts - 1, -1, -1):
-        try:
-            await action()
-        except (TimeoutError, RequestFailed):
-            if left == 0:
-                raise
-        else:
-            return
-        await asyncio.sleep(delay)
-        delay *= 2
+    """Runs a device's request again when it fails or goes unanswered, with the client
+    library's own back-off (0.2 s, doubling)."""
+    await with_retries(action, attempts, retryable=None)
 
 
 async def send_to(sender: Ue, rcpt: Recipient | str, payload: str) -> h.MsgResp:

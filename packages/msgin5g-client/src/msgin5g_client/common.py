@@ -105,11 +105,15 @@ RETRYABLE = frozenset({"OVERLOADED", "TIMEOUT"})
 
 
 async def with_retries(
-    attempt: Callable[[], Awaitable[T]], attempts: int, first_delay: float = 0.2
+    attempt: Callable[[], Awaitable[T]],
+    attempts: int,
+    first_delay: float = 0.2,
+    retryable: frozenset[str] | None = RETRYABLE,
 ) -> T:
-    """Runs ``attempt`` until it succeeds or fails for good. A timeout or an OVERLOADED answer
-    is retried (``attempts`` tries in all, the delay doubling up to 5 s); resending the same
-    document is safe because the server suppresses duplicates by (oriAddr, msgId)."""
+    """Runs ``attempt`` until it succeeds or fails for good. A timeout or a refusal whose
+    cause is in ``retryable`` (None: any refusal) is retried, ``attempts`` tries in all, the
+    delay doubling up to 5 s; resending the same document is safe because the server
+    suppresses duplicates by (oriAddr, msgId)."""
     delay = first_delay
     for remaining in range(attempts - 1, -1, -1):
         try:
@@ -118,7 +122,7 @@ async def with_retries(
             if remaining == 0:
                 raise
         except RequestFailed as exc:
-            if exc.cause not in RETRYABLE or remaining == 0:
+            if (retryable is not None and exc.cause not in retryable) or remaining == 0:
                 raise
         await asyncio.sleep(delay)
         delay = min(delay * 2, 5.0)
