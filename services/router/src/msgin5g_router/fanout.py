@@ -23,7 +23,7 @@ from msgin5g.v1 import common_pb2 as pb
 from msgin5g_common.keys import Keys
 from msgin5g_router import domain
 from msgin5g_router.dispatch import Dispatcher
-from msgin5g_router.store import RouterStore, now_ms
+from msgin5g_router.store import RouterStore, as_text, now_ms
 
 log = logging.getLogger("msgin5g.router.fanout")
 
@@ -109,7 +109,7 @@ class Fanout:
             chunk = await self.redis.zrangebyscore(source, now, "+inf", start=offset, num=10_000)
             if not chunk:
                 break
-            await self.redis.zadd(key, dict.fromkeys((_text(m) for m in chunk), 0))
+            await self.redis.zadd(key, dict.fromkeys((as_text(m) for m in chunk), 0))
             offset += len(chunk)
         await self.redis.pexpire(key, ttl_ms)
         return key
@@ -125,7 +125,7 @@ class Fanout:
             total += len(members)
             if len(members) < self.page:
                 break
-            last = _text(members[-1])
+            last = as_text(members[-1])
             boundaries.append(last)
             after = f"({last}"
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -165,14 +165,14 @@ class Fanout:
         )
         for entry_id, fields in result[1]:
             if fields:
-                log.info("resuming a fan-out page", extra={"entry": _text(entry_id)})
+                log.info("resuming a fan-out page", extra={"entry": as_text(entry_id)})
                 await self._handle(entry_id, fields)
 
     async def _handle(self, entry_id: object, raw: dict[object, object]) -> None:
-        fields = {_text(k): _text(v) for k, v in raw.items()}
+        fields = {as_text(k): as_text(v) for k, v in raw.items()}
         await self.deliver_page(fields["ori"], fields["msgId"], fields["source"], fields["after"])
-        await self.redis.xack(self.keys.fanout_stream(), GROUP, _text(entry_id))
-        await self.redis.xdel(self.keys.fanout_stream(), _text(entry_id))
+        await self.redis.xack(self.keys.fanout_stream(), GROUP, as_text(entry_id))
+        await self.redis.xdel(self.keys.fanout_stream(), as_text(entry_id))
 
     async def deliver_page(self, ori: str, msg_id: str, source: str, after: str) -> None:
         record = await self.store.record(ori, msg_id)
@@ -182,13 +182,14 @@ class Fanout:
         log.info("fan-out page started", extra={"msgId": msg_id, "page": after})
         low = f"({after}" if after else "-"
         members = [
-            _text(m) for m in await self.redis.zrangebylex(source, low, "+", start=0, num=self.page)
+            as_text(m)
+            for m in await self.redis.zrangebylex(source, low, "+", start=0, num=self.page)
         ]
         # The originator does not receive its own group message.
         members = [m for m in members if f"UE:{m}" != ori]
         state = json.dumps({"state": "ACCEPTED", "times": {"ACCEPTED": now_ms()}})
         todo = [
-            _text(m)
+            as_text(m)
             for m in await self._members(
                 keys=[self.keys.message(ori, msg_id)], args=[state, *members]
             )
@@ -223,7 +224,3 @@ class Fanout:
         await self.bucket.take()
         if not await self.dispatcher.dispatch(member, [ref]):
             await self.store.set_state(ori, msg.msg_id, f"UE:{member}", "STORED")
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

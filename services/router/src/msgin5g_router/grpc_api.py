@@ -21,7 +21,7 @@ from msgin5g_router.dispatch import COAP, MQTT, Dispatcher
 from msgin5g_router.fanout import Fanout
 from msgin5g_router.reports import Reports
 from msgin5g_router.settings import RouterSettings
-from msgin5g_router.store import RouterStore
+from msgin5g_router.store import RouterStore, text_or_none
 
 log = logging.getLogger("msgin5g.router")
 
@@ -294,7 +294,7 @@ class RouterServicer(rgrpc.RouterServiceServicer):
         record = await self.store.record(sender, imdn.msg_id)
         if "doc" not in record:
             return _report_failed(Cause.UNKNOWN_MESSAGE, f"no message {imdn.msg_id} from {sender}")
-        if _text(record.get("rcpt")) != reporter:
+        if text_or_none(record.get("rcpt")) != reporter:
             return _report_failed(
                 Cause.NOT_AUTHORIZED, f"{reporter} is not a recipient of {imdn.msg_id}"
             )
@@ -323,7 +323,7 @@ class RouterServicer(rgrpc.RouterServiceServicer):
         record = await self.store.record(ori, request.msg_id)
         if "doc" not in record:
             return _update_failed(Cause.UNKNOWN_MESSAGE, f"no message {request.msg_id} from {ori}")
-        rcpt = _text(record.get("rcpt")) or ""
+        rcpt = text_or_none(record.get("rcpt")) or ""
         state = json.loads(record.get(f"st:{rcpt}", b"{}")).get("state", "")
         if state in domain.FINAL_STATES:
             return _update_failed(
@@ -361,12 +361,6 @@ def _update_failed(cause: Cause, detail: str) -> rpb.UpdateMessageResponse:
     return rpb.UpdateMessageResponse(ok=False, failure_cause=cause.value, failure_detail=detail)
 
 
-def _text(value: object) -> str | None:
-    if value is None:
-        return None
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _ts(ms: int) -> Timestamp:
     ts = Timestamp()
     ts.FromMilliseconds(ms)
@@ -386,7 +380,7 @@ def message_state(
         msg_id=msg_id,
         ori_addr=msg.ori_addr,
         dest_addr=msg.dest_addr,
-        result=RESULT.get(_text(record.get("outcome")) or "", pb.MSG_RESULT_ACCEPTED),
+        result=RESULT.get(text_or_none(record.get("outcome")) or "", pb.MSG_RESULT_ACCEPTED),
         accepted_at=_ts(int(record.get("acceptedAt", 0))),
     )
     if int(record.get("expiresAt", 0) or 0):
@@ -418,7 +412,7 @@ def message_state(
                 failure_cause=st.get("cause", ""),
                 history=[rpb.StateTime(state=name, at=_ts(int(at))) for name, at in times],
                 attempts=int(st.get("attempts", 0)),
-                report=_text(record.get(f"rep:{rcpt}")) or "",
+                report=text_or_none(record.get(f"rep:{rcpt}")) or "",
             )
         )
     return state

@@ -177,7 +177,7 @@ class RouterStore:
             pipe.exists(self.keys.ue_known(rcpt_ue))
             pipe.hget(self.keys.ue_reg(rcpt_ue), "transport")
             ori_reg, rcpt_known, transport = await pipe.execute()
-        return bool(ori_reg), bool(rcpt_known) or transport is not None, _text(transport)
+        return bool(ori_reg), bool(rcpt_known) or transport is not None, text_or_none(transport)
 
     async def is_registered(self, ue: str) -> bool:
         return bool(await self.redis.exists(self.keys.ue_reg(ue)))
@@ -192,7 +192,7 @@ class RouterStore:
         return int(size), score is not None
 
     async def registered_transport(self, ue: str) -> str | None:
-        return _text(await self.redis.hget(self.keys.ue_reg(ue), "transport"))
+        return text_or_none(await self.redis.hget(self.keys.ue_reg(ue), "transport"))
 
     # -- message records -----------------------------------------------------------------------
 
@@ -210,7 +210,7 @@ class RouterStore:
             keys=[self.keys.message(ori, msg_id)],
             args=[doc, now, ttl_ms, rcpt, state, expires_ms],
         )
-        return bool(created), _text(outcome) or "", bool(final)
+        return bool(created), text_or_none(outcome) or "", bool(final)
 
     async def set_outcome(self, ori: str, msg_id: str, outcome: str) -> None:
         await self.redis.hset(self.keys.message(ori, msg_id), "outcome", outcome)
@@ -232,7 +232,7 @@ class RouterStore:
 
     async def record(self, ori: str, msg_id: str) -> dict[str, Any]:
         raw = await self.redis.hgetall(self.keys.message(ori, msg_id))
-        return {_text(k) or "": v for k, v in raw.items()}
+        return {text_or_none(k) or "": v for k, v in raw.items()}
 
     # -- inboxes ---------------------------------------------------------------------------------
 
@@ -251,7 +251,7 @@ class RouterStore:
         )
         if not result[0]:
             return Acked(False, int(result[1]))
-        return Acked(True, int(result[1]), _text(result[2]) or "", _bytes(result[3]))
+        return Acked(True, int(result[1]), text_or_none(result[2]) or "", _bytes(result[3]))
 
     async def remove_pending(self, ue: str, ref: str) -> bytes | None:
         doc = await self._remove(keys=[self.keys.inbox(ue), self.keys.docs(ue)], args=[ref])
@@ -284,7 +284,7 @@ class RouterStore:
         members = await self.redis.zrangebyscore(self.keys.expiry(), 0, now, start=0, num=limit)
         pairs = []
         for member in members:
-            ue, _, ref = (_text(member) or "").partition(SEP)
+            ue, _, ref = (text_or_none(member) or "").partition(SEP)
             pairs.append((ue, ref))
         return pairs
 
@@ -308,7 +308,7 @@ class RouterStore:
         members = await self.redis.zrangebyscore(self.keys.retry(), 0, now, start=0, num=limit)
         claimed = []
         for member in members:
-            ue = _text(member) or ""
+            ue = text_or_none(member) or ""
             if await self.redis.zrem(self.keys.retry(), ue):
                 claimed.append(ue)
         return claimed
@@ -336,7 +336,9 @@ class RouterStore:
             return [], int(pending)
         docs = await self.redis.hmget(self.keys.docs(ue), refs)
         pairs = [
-            (_text(r) or "", _bytes(d)) for r, d in zip(refs, docs, strict=True) if d is not None
+            (text_or_none(r) or "", _bytes(d))
+            for r, d in zip(refs, docs, strict=True)
+            if d is not None
         ]
         return pairs, int(pending)
 
@@ -362,20 +364,24 @@ class RouterStore:
         kind, edge = await self.redis.hmget(self.keys.route(ue), ["kind", "edge"])
         if kind is None or edge is None:
             return None
-        return Route(_text(kind) or "", _text(edge) or "")
+        return Route(text_or_none(kind) or "", text_or_none(edge) or "")
 
     async def edge_address(self, kind: str, edge_id: str) -> str | None:
-        return _text(await self.redis.get(self.keys.edge(kind, edge_id)))
+        return text_or_none(await self.redis.get(self.keys.edge(kind, edge_id)))
 
     async def live_edges(self, kind: str) -> list[str]:
         ids = await self.redis.zrangebyscore(self.keys.edges(kind), now_ms(), "+inf")
-        return [_text(i) or "" for i in ids]
+        return [text_or_none(i) or "" for i in ids]
 
 
-def _text(value: object) -> str | None:
+def text_or_none(value: object) -> str | None:
     """A Redis reply as text (redis-py's types do not know the client decodes nothing)."""
     if value is None:
         return None
+    return as_text(value)
+
+
+def as_text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
