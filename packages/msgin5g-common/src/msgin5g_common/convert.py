@@ -48,6 +48,19 @@ def timestamp(value: datetime) -> Timestamp:
     return ts
 
 
+def timestamp_ms(ms: int) -> Timestamp:
+    """A Timestamp from milliseconds since the epoch (how Redis records keep times)."""
+    ts = Timestamp()
+    ts.FromMilliseconds(ms)
+    return ts
+
+
+def address_key_to_pb(key: str) -> pb.Address:
+    """``UE:ue-1`` (an address as records and queries write it) as an Address."""
+    kind, _, addr = key.partition(":")
+    return address_to_pb(h.Address(h.AddrType(kind), addr))
+
+
 def from_timestamp(ts: Timestamp) -> datetime:
     return ts.ToDatetime(tzinfo=UTC)
 

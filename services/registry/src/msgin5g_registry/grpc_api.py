@@ -6,11 +6,11 @@ import logging
 import math
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from msgin5g.v1 import common_pb2 as pb
 from msgin5g.v1 import registry_pb2 as rpb
 from msgin5g.v1 import registry_pb2_grpc as rgrpc
+from msgin5g_common import convert
 from msgin5g_common.grpcutil import Context
 from msgin5g_common.header import valid_id
 from msgin5g_registry.settings import RegistrySettings
@@ -23,12 +23,6 @@ TRANSPORT_KIND = {v: k for k, v in TRANSPORT_NAME.items()}
 MODE_NAME = {pb.DELIVERY_MODE_PUSH: "push"}
 
 
-def _ts(ms: int) -> Timestamp:
-    ts = Timestamp()
-    ts.FromMilliseconds(ms)
-    return ts
-
-
 def ue_info(record: UeRecord) -> rpb.UeInfo:
     info = rpb.UeInfo(ue_svc_id=record.ue_svc_id, known=record.known)
     reg = record.registration
@@ -36,8 +30,8 @@ def ue_info(record: UeRecord) -> rpb.UeInfo:
         info.registered = True
         info.transport = TRANSPORT_KIND.get(reg.transport, pb.EDGE_KIND_UNSPECIFIED)
         info.lifetime = reg.lifetime
-        info.registered_at.CopyFrom(_ts(reg.registered_at_ms))
-        info.expires_at.CopyFrom(_ts(reg.expires_at_ms))
+        info.registered_at.CopyFrom(convert.timestamp_ms(reg.registered_at_ms))
+        info.expires_at.CopyFrom(convert.timestamp_ms(reg.expires_at_ms))
         info.bc_area = reg.bc_area
         info.delivery_mode = (
             pb.DELIVERY_MODE_PUSH if reg.delivery_mode == "push" else pb.DELIVERY_MODE_OBSERVE
@@ -76,7 +70,9 @@ class RegistryServicer(rgrpc.RegistryServiceServicer):
             extra={"ueSvcId": reg.ue_svc_id, "transport": reg.transport, "lifetime": lifetime},
         )
         return rpb.RegisterResponse(
-            ue_svc_id=reg.ue_svc_id, lifetime=lifetime, expires_at=_ts(reg.expires_at_ms)
+            ue_svc_id=reg.ue_svc_id,
+            lifetime=lifetime,
+            expires_at=convert.timestamp_ms(reg.expires_at_ms),
         )
 
     async def Deregister(  # noqa: N802

@@ -20,6 +20,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from msgin5g.v1 import common_pb2 as pb
 from msgin5g.v1 import router_pb2 as rpb
 from msgin5g.v1 import router_pb2_grpc as rgrpc
+from msgin5g_common import convert
+from msgin5g_common import header as h
 from msgin5g_common.errors import Cause
 from msgin5g_registry.store import GroupStore, RegistryStore, UeRecord
 
@@ -119,20 +121,11 @@ class MessageUpdate(BaseModel):
     exprTime: datetime
 
 
-_ADDR_NUMBER: dict[str, pb.AddrType.ValueType] = {
-    "UE": pb.ADDR_TYPE_UE,
-    "AS": pb.ADDR_TYPE_AS,
-    "GROUP": pb.ADDR_TYPE_GROUP,
-    "TOPIC": pb.ADDR_TYPE_TOPIC,
-    "BC": pb.ADDR_TYPE_BC,
-}
-_ADDR_NAME = {v: k for k, v in _ADDR_NUMBER.items()}
-_RESULT_NAME = {1: "ACCEPTED", 2: "STORED", 3: "DELIVERED", 4: "FAILED"}
 _ORI_PATTERN = r"^(UE|AS):[A-Za-z0-9._~@:+\-]{1,128}$"
 
 
 def _addr(addr: pb.Address) -> dict[str, str]:
-    return {"addrType": _ADDR_NAME.get(addr.addr_type, "UE"), "addr": addr.addr}
+    return convert.address_from_pb(addr).to_json()
 
 
 def message_public(state: rpb.MessageState) -> MessageStatePublic:
@@ -154,7 +147,7 @@ def message_public(state: rpb.MessageState) -> MessageStatePublic:
         msgId=state.msg_id,
         oriAddr=_addr(state.ori_addr),
         destAddr=_addr(state.dest_addr),
-        result=_RESULT_NAME.get(state.result, "ACCEPTED"),
+        result=convert.RESULT_FROM_PB.get(state.result, h.MsgResult.ACCEPTED).value,
         acceptedAt=state.accepted_at.ToDatetime(tzinfo=UTC),
         expiresAt=state.expires_at.ToDatetime(tzinfo=UTC) if state.HasField("expires_at") else None,
         recipients=recipients,
@@ -164,8 +157,7 @@ def message_public(state: rpb.MessageState) -> MessageStatePublic:
 
 
 def _ori(ori: str) -> pb.Address:
-    kind, _, addr = ori.partition(":")
-    return pb.Address(addr_type=_ADDR_NUMBER[kind], addr=addr)
+    return convert.address_key_to_pb(ori)
 
 
 MAX_MEMBERS = 100_000

@@ -8,12 +8,11 @@ import time
 from typing import Any
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from msgin5g.v1 import common_pb2 as pb
 from msgin5g.v1 import router_pb2 as rpb
 from msgin5g.v1 import router_pb2_grpc as rgrpc
-from msgin5g_common import metrics
+from msgin5g_common import convert, metrics
 from msgin5g_common.errors import Cause
 from msgin5g_common.grpcutil import Context
 from msgin5g_router import domain
@@ -104,14 +103,10 @@ class RouterServicer(rgrpc.RouterServiceServicer):
         if not known:
             return _failed(msg.msg_id, Cause.UNKNOWN_RECIPIENT, f"UE {rcpt_ue} is not known")
 
-        now = time.time()
-        expires = now + self.settings.default_expiry
-        if msg.sto_and_fw_params.HasField("expr_time"):
-            expires = msg.sto_and_fw_params.expr_time.ToMilliseconds() / 1000
-            if expires <= now:
-                return _failed(msg.msg_id, Cause.EXPIRED, "stoAndFwParams.exprTime is in the past")
-        ttl_ms = int((expires - now + self.settings.state_retention) * 1000)
-        expires_ms = int(expires * 1000)
+        expiry = self._expiry(msg)
+        if expiry is None:
+            return _failed(msg.msg_id, Cause.EXPIRED, "stoAndFwParams.exprTime is in the past")
+        expires_ms, ttl_ms = expiry
         reachable = await self.dispatcher.resolve(rcpt_ue) is not None
         sto_and_fw = msg.sto_and_fw_ind if msg.HasField("sto_and_fw_ind") else True
         if not reachable and not sto_and_fw:
@@ -361,15 +356,6 @@ def _update_failed(cause: Cause, detail: str) -> rpb.UpdateMessageResponse:
     return rpb.UpdateMessageResponse(ok=False, failure_cause=cause.value, failure_detail=detail)
 
 
-def _ts(ms: int) -> Timestamp:
-    ts = Timestamp()
-    ts.FromMilliseconds(ms)
-    return ts
-
-
-_ADDR_TYPE = {name: number for number, name in domain.ADDR_TYPE_NAME.items()}
-
-
 def message_state(
     msg_id: str, record: dict[str, Any], limit: int = 100, after: str = ""
 ) -> rpb.MessageState:
@@ -381,10 +367,10 @@ def message_state(
         ori_addr=msg.ori_addr,
         dest_addr=msg.dest_addr,
         result=RESULT.get(text_or_none(record.get("outcome")) or "", pb.MSG_RESULT_ACCEPTED),
-        accepted_at=_ts(int(record.get("acceptedAt", 0))),
+        accepted_at=convert.timestamp_ms(int(record.get("acceptedAt", 0))),
     )
     if int(record.get("expiresAt", 0) or 0):
-        state.expires_at.CopyFrom(_ts(int(record["expiresAt"])))
+        state.expires_at.CopyFrom(convert.timestamp_ms(int(record["expiresAt"])))
     listed = 0
     last = ""
     for field, raw in sorted(record.items()):
@@ -401,16 +387,16 @@ def message_state(
             continue
         listed += 1
         last = rcpt
-        kind, _, addr = rcpt.partition(":")
         times = sorted(st.get("times", {}).items(), key=lambda kv: kv[1])
         state.recipients.append(
             rpb.RecipientState(
-                rcpt_addr=pb.Address(
-                    addr_type=_ADDR_TYPE.get(kind, pb.ADDR_TYPE_UNSPECIFIED), addr=addr
-                ),
+                rcpt_addr=convert.address_key_to_pb(rcpt),
                 state=st.get("state", ""),
                 failure_cause=st.get("cause", ""),
-                history=[rpb.StateTime(state=name, at=_ts(int(at))) for name, at in times],
+                history=[
+                    rpb.StateTime(state=name, at=convert.timestamp_ms(int(at)))
+                    for name, at in times
+                ],
                 attempts=int(st.get("attempts", 0)),
                 report=text_or_none(record.get(f"rep:{rcpt}")) or "",
             )
