@@ -17,7 +17,10 @@ ConfigMap and Secret key references resolved from the rendered objects, the down
 - the bundled Mosquitto is the devstack's loopback broker: it has one anonymous listener, so
   the mqtt-edge's listener (1884) maps to it, and the rendered username and password are
   passed on unchanged but not checked (the rendered broker's authentication and ACLs are
-  tested in tests/unit/test_chart.py with the rendered mosquitto.conf).
+  tested in tests/unit/test_chart.py with the rendered mosquitto.conf);
+- a Secret or ConfigMap volume (the registry's OAuth2 clients and signing key) becomes a
+  temporary directory holding the files the kubelet would project from the rendered object,
+  and a setting that names a file under its mountPath names the same file there.
 
 The processes inherit the runner's environment apart from its ``MSGIN5G_*`` variables (as a
 container inherits its image's: PATH, the virtualenv), so the ``MSGIN5G_*`` settings a service
@@ -38,6 +41,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import helm_python
+import httpx
 import pytest
 import pytest_asyncio
 import yaml
@@ -188,6 +192,52 @@ def container_env(r: Rendered, workload: dict[str, Any]) -> dict[str, str]:
         else:
             pytest.fail(f"{name}: unsupported valueFrom {source}")
     return env
+
+
+# ----------------------------------------------------------------------------- volumes
+
+
+def mount_files(r: Rendered, workload: dict[str, Any], root: Path) -> dict[str, Path]:
+    """Writes the files of the container's Secret and ConfigMap volumes under ``root``, as
+    the kubelet projects them (``items``, or every key); returns mountPath -> local directory."""
+    spec = workload["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    mounted: dict[str, Path] = {}
+    for mount in container.get("volumeMounts", []):
+        volume = volumes[mount["name"]]
+        if "secret" in volume:
+            kind, source, name = "Secret", volume["secret"], volume["secret"]["secretName"]
+        elif "configMap" in volume:
+            kind, source, name = "ConfigMap", volume["configMap"], volume["configMap"]["name"]
+        else:
+            continue  # emptyDir (/tmp): the process has the machine's own
+        assert "subPath" not in mount, f"{mount['name']}: subPath mounts are not mapped"
+        data = r.data(kind, name, source.get("optional", False))
+        if data is None:
+            continue
+        local = root / mount["mountPath"].lstrip("/")
+        for item in source.get("items") or [{"key": key, "path": key} for key in data]:
+            assert item["key"] in data, f"{kind}/{name} has no key {item['key']}"
+            target = local / item["path"]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(data[item["key"]])
+        mounted[mount["mountPath"]] = local
+    return mounted
+
+
+def localize_files(env: dict[str, str], mounted: dict[str, Path]) -> dict[str, str]:
+    """The environment with every path under a mountPath replaced by the local file."""
+    out = dict(env)
+    for key, value in env.items():
+        for mount_path, local in mounted.items():
+            if value.startswith(f"{mount_path.rstrip('/')}/"):
+                out[key] = str(local / value[len(mount_path) :].lstrip("/"))
+                assert Path(out[key]).is_file(), f"{key}={value}: no such file in the volume"
+                break
+        else:
+            assert not (key.endswith("_FILE") and value), f"{key}={value}: no volume provides it"
+    return out
 
 
 # ----------------------------------------------------------------------------- to loopback
@@ -370,7 +420,7 @@ def _expected_listen(component: str, env: dict[str, str]) -> dict[str, str]:
 
 
 async def test_each_service_becomes_ready_with_the_environment_its_deployment_gives_it(
-    rendered: Rendered, chart_stack: ChartStack, monkeypatch: pytest.MonkeyPatch
+    rendered: Rendered, chart_stack: ChartStack, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     stack = chart_stack
     await stack._with_free_port("redis", stack.start_redis)
@@ -384,7 +434,9 @@ async def test_each_service_becomes_ready_with_the_environment_its_deployment_gi
 
     loopback = Loopback.of(rendered, stack.ports.redis, stack.ports.mqtt)
     for component in START_ORDER:
-        env = loopback.localize(component, container_env(rendered, rendered.workload(component)))
+        workload = rendered.workload(component)
+        env = loopback.localize(component, container_env(rendered, workload))
+        env = localize_files(env, mount_files(rendered, workload, tmp_path / "pods" / component))
         stack.envs[component] = env
         try:
             async with asyncio.timeout(READY_TIMEOUT):
@@ -409,3 +461,16 @@ async def test_each_service_becomes_ready_with_the_environment_its_deployment_gi
             assert await redis.get(key) == env["MSGIN5G_EDGE_ADVERTISE_ADDR"], key
     finally:
         await redis.aclose()
+
+    # OAuth2 is on by default: the management API wants the admin token the Secret holds.
+    registry = stack.envs["registry"]
+    assert registry["MSGIN5G_AUTH_ENABLED"] == "true"
+    url = f"http://{LOCAL}:{registry['MSGIN5G_HTTP_PORT']}/api/v1/topics/conformance"
+    async with httpx.AsyncClient(timeout=10) as http:
+        anonymous = await http.get(url)
+        assert anonymous.status_code == 401, anonymous.text
+        assert anonymous.headers["www-authenticate"].startswith("Bearer")
+        admin = await http.get(
+            url, headers={"Authorization": f"Bearer {registry['MSGIN5G_ADMIN_TOKEN']}"}
+        )
+        assert admin.status_code == 200, admin.text

@@ -385,7 +385,7 @@ async def test_http_get_of_an_unknown_ue_is_404_unknown_recipient(
     response = await http.get("/api/v1/ues/ue-unknown")
 
     body = assert_problem(response, 404, "UNKNOWN_RECIPIENT")
-    assert body["instance"] == "/api/v1/ues/ue-unknown"
+    assert body["instance"] == "http://registry/api/v1/ues/ue-unknown"
     assert "ue-unknown" in str(body["detail"])
 
 
@@ -484,7 +484,7 @@ async def test_http_unknown_path_is_a_problem_document(http: httpx.AsyncClient) 
     """Verifies that even routing errors come as ProblemDetails."""
     response = await http.get("/api/v1/nothing-here")
 
-    assert_problem(response, 404, None)
+    assert_problem(response, 404, "RESOURCE_NOT_FOUND")
 
 
 async def test_http_healthz_is_200(http: httpx.AsyncClient) -> None:
@@ -530,7 +530,7 @@ async def test_http_readyz_is_503_problem_when_redis_is_unreachable(
 
     body = assert_problem(response, 503, "OVERLOADED")
     assert "redis" in str(body["detail"])
-    assert body["instance"] == "/readyz"
+    assert body["instance"] == "http://registry/readyz"
     assert live.status_code == 200  # not ready is not dead
 
 

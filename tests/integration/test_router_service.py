@@ -17,7 +17,6 @@ from msgin5g_common.keys import Keys
 from msgin5g_registry.store import RegistryStore
 from msgin5g_router.dispatch import Dispatcher, EdgeClients
 from msgin5g_router.grpc_api import RouterServicer
-from msgin5g_router.reports import Reports
 from msgin5g_router.settings import RouterSettings
 from msgin5g_router.store import RouterStore
 
@@ -66,7 +65,7 @@ async def router(redis: Redis) -> AsyncIterator[rgrpc.RouterServiceAsyncStub]:
     store = RouterStore(redis, KEYS)
     clients = EdgeClients()
     dispatcher = Dispatcher(store, clients, settings.inbox_limit, settings.grpc_timeout)
-    reports = Reports(store, dispatcher, settings.default_expiry)
+    reports = dispatcher.reports
     server = GrpcServer(["msgin5g.v1.RouterService"])
     server.add(
         lambda s: rgrpc.add_RouterServiceServicer_to_server(

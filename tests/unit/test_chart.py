@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import hashlib
 import json
 import os
 import re
@@ -29,11 +30,14 @@ import jsonschema
 import kubernetes_validate  # type: ignore[import-untyped]  # the package ships no type information
 import pytest
 import yaml
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from helm_python import _native
 from pydantic_settings import BaseSettings
 
 from msgin5g_coap_edge.settings import CoapEdgeSettings
 from msgin5g_mqtt_edge.settings import MqttEdgeSettings
+from msgin5g_registry.auth import load_signing_keys, parse_clients
 from msgin5g_registry.settings import RegistrySettings
 from msgin5g_router.settings import RouterSettings
 
@@ -44,6 +48,8 @@ RELEASE = "msgin5g"
 NAMESPACE = "msgin5g-test"
 POD_IP = "10.1.2.3"
 POD_NAME = "msgin5g-pod-0"
+# Where the registry finds its OAuth2 clients and signing keys (the auth Secret's mount).
+AUTH_DIR = "/etc/msgin5g/auth"
 
 # component name -> settings class of the service
 SERVICES: dict[str, type[BaseSettings]] = {
@@ -59,6 +65,13 @@ PENDING_SETTINGS = {
     "MSGIN5G_REDIS_TLS_CA_FILE",
     "MSGIN5G_MQTT_TLS",
     "MSGIN5G_MQTT_TLS_CA_FILE",
+}
+# Settings the services read that the chart leaves unset with its defaults, on purpose: inline
+# alternatives of the files it mounts, and paths it sets only when a value asks for them.
+UNSET_BY_DEFAULT = {
+    "MSGIN5G_AUTH_CLIENTS",
+    "MSGIN5G_AUTH_SIGNING_KEY",
+    "MSGIN5G_AS_TLS_CA_FILE",
 }
 
 _COMMON = {
@@ -88,6 +101,7 @@ CONTRACT: dict[str, set[str]] = {
         "MSGIN5G_ROUTER_ADDR",
         "MSGIN5G_MIN_LIFETIME",
         "MSGIN5G_MAX_LIFETIME",
+        "MSGIN5G_AUTH_ENABLED",
     },
     "router": _COMMON
     | {
@@ -101,6 +115,7 @@ CONTRACT: dict[str, set[str]] = {
         "MSGIN5G_RETRY_MAX",
         "MSGIN5G_RETRY_LIMIT",
         "MSGIN5G_SWEEP_INTERVAL",
+        "MSGIN5G_AS_TIMEOUT",
     },
     "coap-edge": _EDGE
     | {
@@ -131,7 +146,14 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     for path in sorted(CI_VALUES.glob("*-values.yaml"))
 }
 # Value sets the assertions below name.
-REQUIRED_VALUE_SETS = {"default", "external", "all-features", "minimal-resources", "hardened"}
+REQUIRED_VALUE_SETS = {
+    "default",
+    "external",
+    "all-features",
+    "minimal-resources",
+    "hardened",
+    "auth-disabled",
+}
 
 
 @dataclass
@@ -343,6 +365,17 @@ def _free_form(path: str) -> bool:
     }
 
 
+def _client(**fields: Any) -> dict[str, Any]:
+    """An AS client entry of ``registry.auth.clients``."""
+    return {
+        "clientId": "as-1",
+        "clientSecret": "as-1-secret-0123456789",
+        "asSvcIds": ["as-1"],
+        "scopes": ["msgs-msgdelivery"],
+        **fields,
+    }
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [
@@ -352,6 +385,16 @@ def _free_form(path: str) -> bool:
         ({"coapEdge": {"service": {"type": "ExternalName"}}}, "/coapEdge/service/type"),
         ({"redis": {"appendfsync": "sometimes"}}, "/redis/appendfsync"),
         ({"mosquitto": {"auth": {"devices": [{"username": "a/b", "password": "x"}]}}}, "username"),
+        ({"registry": {"auth": {"enabled": "yes"}}}, "/registry/auth/enabled"),
+        ({"registry": {"auth": {"tokenTtl": 10}}}, "/registry/auth/tokenTtl"),
+        ({"registry": {"auth": {"clients": [_client(clientId="as:1")]}}}, "clientId"),
+        ({"registry": {"auth": {"clients": [_client(scopes=["msgs-everything"])]}}}, "scopes"),
+        ({"registry": {"auth": {"clients": [_client(clientSecret="too-short")]}}}, "clientSecret"),
+        # An AS client acts for given ASs; an admin client for all of them.
+        ({"registry": {"auth": {"clients": [_client(asSvcIds=[])]}}}, "asSvcIds"),
+        ({"registry": {"auth": {"clients": [_client(scopes=["msgin5g-admin"])]}}}, "asSvcIds"),
+        ({"registry": {"auth": {"clients": [{"clientId": "as-1"}]}}}, "clientSecret"),
+        ({"router": {"asTimeout": 0}}, "/router/asTimeout"),
     ],
 )
 def test_helm_rejects_values_the_schema_does_not_allow(
@@ -378,6 +421,14 @@ def test_helm_rejects_values_the_schema_does_not_allow(
         (
             {"router": {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}},
             "minReplicas",
+        ),
+        (
+            {"registry": {"auth": {"existingSecret": "auth", "clients": [_client()]}}},
+            "that Secret's clients.json",
+        ),
+        (
+            {"registry": {"auth": {"clients": [_client(), _client(asSvcIds=["as-2"])]}}},
+            'clientId "as-1" appears more than once',
         ),
     ],
 )
@@ -461,12 +512,11 @@ def test_every_service_gets_every_setting_it_needs(
         reads = {f"MSGIN5G_{field.upper()}" for field in settings.model_fields}
         unknown = {k for k in env if k.startswith("MSGIN5G_")} - reads - PENDING_SETTINGS
         assert unknown == set(), f"{component} gets settings no service reads (misspelt?)"
-        if value_set == "default" and reads - set(env):
+        unset = reads - set(env) - UNSET_BY_DEFAULT
+        if value_set == "default" and unset:
             # A setting a service added since the chart was written: it runs with the
             # service's default until values.yaml maps it (extraEnv sets it meanwhile).
-            warnings.warn(
-                f"{component}: the chart does not set {sorted(reads - set(env))}", stacklevel=1
-            )
+            warnings.warn(f"{component}: the chart does not set {sorted(unset)}", stacklevel=1)
 
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)
@@ -501,6 +551,13 @@ def test_services_accept_the_settings_the_chart_gives_them(
         assert edge.registry_addr == f"{RELEASE}-registry:50051"
     assert coap.coap_host == expected_any
     assert coap.coap_port == 5683
+    auth_on = VALUE_SETS[value_set].get("registry", {}).get("auth", {}).get("enabled", True)
+    assert registry.auth_enabled is auth_on
+    if auth_on:
+        assert registry.auth_clients_file == f"{AUTH_DIR}/clients.json"
+        assert registry.auth_signing_key_file == f"{AUTH_DIR}/signing-key.pem"
+        assert registry.admin_token
+    assert router.as_timeout > 0
     for service in parsed.values():
         assert service.metrics_port == 9100
         assert service.metrics_host == expected_any
@@ -594,6 +651,225 @@ def test_a_setting_change_changes_the_config_checksum_of_the_services_that_read_
         assert old["annotations"]["checksum/config"] != new["annotations"]["checksum/config"]
     assert effective_env(after, "router")["MSGIN5G_RETRY_LIMIT"] == "3"
     assert "MSGIN5G_RETRY_LIMIT" not in effective_env(after, "registry")
+
+
+# ----------------------------------------------------------------------------- registry auth
+
+
+AUTH_SECRET = f"{RELEASE}-registry-auth"
+
+
+def _volumes(workload: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {v["name"]: v for v in pod_spec(workload)["volumes"]}
+
+
+def _mounts(workload: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {m["name"]: m for m in container(workload)["volumeMounts"]}
+
+
+def _env_entry(workload: dict[str, Any], name: str) -> dict[str, Any] | None:
+    found = [e for e in container(workload).get("env", []) if e["name"] == name]
+    assert len(found) <= 1, name
+    return found[0] if found else None
+
+
+def _auth_volume_serves_the_files(
+    workload: dict[str, Any], env: dict[str, str], secret: str
+) -> None:
+    """The auth Secret is mounted read-only where MSGIN5G_AUTH_*_FILE point, with those keys."""
+    volume = _volumes(workload)["auth"]["secret"]
+    assert volume["secretName"] == secret
+    mount = _mounts(workload)["auth"]
+    assert mount == {"name": "auth", "mountPath": AUTH_DIR, "readOnly": True}
+    files = {item["path"]: item["key"] for item in volume["items"]}
+    for setting, key in (
+        ("MSGIN5G_AUTH_CLIENTS_FILE", "clients.json"),
+        ("MSGIN5G_AUTH_SIGNING_KEY_FILE", "signing-key.pem"),
+    ):
+        directory, _, name = env[setting].rpartition("/")
+        assert directory == mount["mountPath"], setting
+        assert files[name] == key, setting
+    ref = _env_entry(workload, "MSGIN5G_ADMIN_TOKEN")
+    assert ref is not None
+    assert ref["valueFrom"] == {"secretKeyRef": {"name": secret, "key": "admin-token"}}
+
+
+def test_oauth2_is_on_by_default_with_a_generated_key_and_admin_token(
+    rendered: dict[str, Rendered],
+) -> None:
+    r = rendered["default"]
+    registry = r.get("Deployment", name_of("registry"))
+    secrets = chart_secrets(r)
+    env = effective_env(r, "registry", secrets)
+    assert env["MSGIN5G_AUTH_ENABLED"] == "true"
+    assert env["MSGIN5G_AUTH_CLIENTS_FILE"] == f"{AUTH_DIR}/clients.json"
+    assert env["MSGIN5G_AUTH_SIGNING_KEY_FILE"] == f"{AUTH_DIR}/signing-key.pem"
+    assert env["MSGIN5G_AUTH_TOKEN_TTL"] == "300"
+    assert env["MSGIN5G_AUTH_ISSUER"] == "msgin5g-registry"
+    assert env["MSGIN5G_AS_RATE_LIMIT"] == "100"
+    _auth_volume_serves_the_files(registry, env, AUTH_SECRET)
+    # The admin token is in the Secret, never in the ConfigMap.
+    assert "MSGIN5G_ADMIN_TOKEN" not in r.get("ConfigMap", name_of("registry"))["data"]
+    token = env["MSGIN5G_ADMIN_TOKEN"]
+    assert re.fullmatch(r"[A-Za-z0-9]{40}", token)
+    assert token == secrets[f"{AUTH_SECRET}/admin-token"]
+    assert json.loads(secrets[f"{AUTH_SECRET}/clients.json"]) == {"clients": []}
+    # No other service gets any of it.
+    for component in SERVICES:
+        if component != "registry":
+            other = r.get("Deployment", name_of(component))
+            assert "auth" not in _volumes(other)
+            assert not any(
+                k.startswith(("MSGIN5G_AUTH_", "MSGIN5G_ADMIN"))
+                for k in effective_env(r, component)
+            )
+
+
+def test_the_generated_signing_key_is_an_ec_p256_private_key(rendered: dict[str, Rendered]) -> None:
+    pem = chart_secrets(rendered["default"])[f"{AUTH_SECRET}/signing-key.pem"]
+    assert pem.startswith("-----BEGIN EC PRIVATE KEY-----")
+    key = load_pem_private_key(pem.encode(), password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    assert isinstance(key.curve, ec.SECP256R1)
+    assert key.key_size == 256
+    # And the registry loads it as its signing key.
+    assert len(load_signing_keys(pem, "signing-key.pem")) == 1
+
+
+def test_the_registry_rolls_when_the_chart_made_auth_secret_changes(
+    chart: helm_python.Chart, rendered: dict[str, Rendered]
+) -> None:
+    """checksum/auth covers exactly what the Secret holds, from the same render."""
+    r = rendered["default"]
+    secrets = chart_secrets(r)
+    parts = [
+        secrets[f"{AUTH_SECRET}/{key}"]
+        for key in ("clients.json", "signing-key.pem", "admin-token")
+    ]
+    annotations = r.get("Deployment", name_of("registry"))["spec"]["template"]["metadata"][
+        "annotations"
+    ]
+    assert annotations["checksum/auth"] == hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    for component in SERVICES:
+        if component != "registry":
+            pod = r.get("Deployment", name_of(component))["spec"]["template"]["metadata"]
+            assert "checksum/auth" not in pod["annotations"]
+    # Each render without a cluster generates afresh (in a cluster, lookup reads them back).
+    again = chart_secrets(render(chart, VALUE_SETS["default"]))
+    for key in ("signing-key.pem", "admin-token"):
+        assert again[f"{AUTH_SECRET}/{key}"] != secrets[f"{AUTH_SECRET}/{key}"]
+
+
+def test_the_clients_are_rendered_into_clients_json(rendered: dict[str, Rendered]) -> None:
+    r = rendered["all-features"]
+    secrets = chart_secrets(r)
+    clients = json.loads(secrets[f"{AUTH_SECRET}/clients.json"])
+    assert clients == {
+        "clients": [
+            {
+                "clientId": "as-fleet",
+                "clientSecret": "fleet-secret-change-me",
+                "asSvcIds": ["as-1", "as-2"],
+                "scopes": ["msgs-asregistration", "msgs-msgdelivery", "msgs-topiclistevent"],
+            },
+            {
+                "clientId": "ops",
+                "clientSecret": "ops-secret-change-me",
+                "scopes": ["msgin5g-admin"],
+            },
+        ]
+    }
+    # The registry accepts the file it is given.
+    parsed = parse_clients(secrets[f"{AUTH_SECRET}/clients.json"], "clients.json")
+    assert [(c.client_id, c.is_admin) for c in parsed] == [("as-fleet", False), ("ops", True)]
+    env = effective_env(r, "registry", secrets)
+    assert env["MSGIN5G_AUTH_TOKEN_TTL"] == "600"
+    assert env["MSGIN5G_AUTH_ISSUER"] == "https://api.msgin5g.example.net"
+    assert env["MSGIN5G_AS_RATE_LIMIT"] == "50"
+    assert "No AS clients are configured yet" not in r.notes
+    assert "No AS clients are configured yet" in rendered["default"].notes
+    # The clients' secrets stay out of the ConfigMap.
+    assert "fleet-secret-change-me" not in json.dumps(r.get("ConfigMap", name_of("registry")))
+
+
+def test_an_existing_auth_secret_is_mounted_and_none_is_generated(
+    rendered: dict[str, Rendered],
+) -> None:
+    r = rendered["hardened"]
+    assert AUTH_SECRET not in {s["metadata"]["name"] for s in r.of_kind("Secret")}
+    registry = r.get("Deployment", name_of("registry"))
+    env = effective_env(r, "registry")
+    assert env["MSGIN5G_AUTH_ENABLED"] == "true"
+    assert env["MSGIN5G_ADMIN_TOKEN"] == "<secret:registry-auth/admin-token>"
+    _auth_volume_serves_the_files(registry, env, "registry-auth")
+    # The chart cannot see that Secret's content: no checksum of it.
+    assert "checksum/auth" not in registry["spec"]["template"]["metadata"]["annotations"]
+    assert "get secret registry-auth -o jsonpath='{.data.admin-token}'" in r.notes
+
+
+def test_without_auth_the_registry_gets_no_secret_and_the_notes_warn(
+    rendered: dict[str, Rendered],
+) -> None:
+    r = rendered["auth-disabled"]
+    registry = r.get("Deployment", name_of("registry"))
+    env = effective_env(r, "registry")
+    assert env["MSGIN5G_AUTH_ENABLED"] == "false"
+    assert not {k for k in env if k.startswith("MSGIN5G_AUTH_") and k != "MSGIN5G_AUTH_ENABLED"}
+    assert "MSGIN5G_ADMIN_TOKEN" not in env
+    assert "MSGIN5G_AS_RATE_LIMIT" not in env
+    assert "auth" not in _volumes(registry)
+    assert "auth" not in _mounts(registry)
+    assert "checksum/auth" not in registry["spec"]["template"]["metadata"]["annotations"]
+    assert AUTH_SECRET not in {s["metadata"]["name"] for s in r.of_kind("Secret")}
+    assert "WARNING: registry.auth.enabled=false" in r.notes
+    assert "WARNING" not in rendered["default"].notes
+
+
+def test_notes_tell_how_to_get_the_admin_token_and_an_as_token(
+    rendered: dict[str, Rendered],
+) -> None:
+    notes = rendered["default"].notes
+    assert (
+        f"kubectl -n {NAMESPACE} get secret {AUTH_SECRET} -o jsonpath='{{.data.admin-token}}'"
+        " | base64 -d" in notes
+    )
+    assert (
+        "curl -u <clientId>:<clientSecret> -d grant_type=client_credentials"
+        " http://127.0.0.1:8080/oauth2/token" in notes
+    )
+    ingress = rendered["all-features"].notes
+    assert "https://api.msgin5g.example.net/oauth2/token" in ingress
+
+
+def test_the_router_times_out_as_callbacks_and_trusts_the_given_ca(
+    rendered: dict[str, Rendered],
+) -> None:
+    default = rendered["default"]
+    router = default.get("Deployment", name_of("router"))
+    env = effective_env(default, "router")
+    assert env["MSGIN5G_AS_TIMEOUT"] == "5"
+    assert "MSGIN5G_AS_TLS_CA_FILE" not in env
+    assert "as-ca" not in _volumes(router)
+    r = rendered["all-features"]
+    router = r.get("Deployment", name_of("router"))
+    env = effective_env(r, "router")
+    assert env["MSGIN5G_AS_TIMEOUT"] == "2.5"
+    volume = _volumes(router)["as-ca"]["secret"]
+    assert volume == {
+        "secretName": "as-callbacks-ca",
+        "items": [{"key": "ca.crt", "path": "ca.crt"}],
+    }
+    mount = _mounts(router)["as-ca"]
+    assert mount["readOnly"] is True
+    assert env["MSGIN5G_AS_TLS_CA_FILE"] == f"{mount['mountPath']}/ca.crt"
+    for component in SERVICES:
+        if component != "router":
+            assert "as-ca" not in _volumes(r.get("Deployment", name_of(component)))
+    # With restricted egress only the router may open connections to the callbacks.
+    callbacks = [{"port": 443, "protocol": "TCP"}]
+    for component in SERVICES:
+        rules = _policy(r, component)["egress"]
+        assert any(rule.get("ports") == callbacks for rule in rules) is (component == "router")
 
 
 # ----------------------------------------------------------------------------- scaling

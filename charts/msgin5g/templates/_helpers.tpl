@@ -97,10 +97,12 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
 {{/*
-A password generated once per render and reused by every template that needs it (the
+A password (or key) generated once per render and reused by every template that needs it (the
 Secret, the URL built from it, the checksum annotations): kept in the release's values map,
 which all templates share. An existing Secret in the cluster wins, so upgrades keep it.
-dict: root, key (cache key), secret (name of the Secret), field (key in the Secret).
+dict: root, key (cache key), secret (name of the Secret), field (key in the Secret),
+optional kind: "ecdsa" (a PEM EC P-256 private key) or the default, random letters and digits
+(optional length, 32 by default).
 */}}
 {{- define "msgin5g.generatedPassword" -}}
 {{- $cache := .root.Values -}}
@@ -110,8 +112,10 @@ dict: root, key (cache key), secret (name of the Secret), field (key in the Secr
 {{- $existing := lookup "v1" "Secret" .root.Release.Namespace .secret -}}
 {{- if and $existing $existing.data (hasKey $existing.data .field) -}}
 {{- $value = index $existing.data .field | b64dec -}}
+{{- else if eq (get . "kind") "ecdsa" -}}
+{{- $value = genPrivateKey "ecdsa" -}}
 {{- else -}}
-{{- $value = randAlphaNum 32 -}}
+{{- $value = randAlphaNum (int (get . "length" | default 32)) -}}
 {{- end -}}
 {{- $_ := set $cache $cacheKey $value -}}
 {{- end -}}
@@ -237,6 +241,115 @@ true
 {{- end -}}
 {{- end -}}
 
+{{/* ---------------------------------------------------------------- registry auth */}}
+
+{{/* Where the registry's auth Secret (clients.json, signing-key.pem) is mounted. */}}
+{{- define "msgin5g.auth.dir" -}}
+/etc/msgin5g/auth
+{{- end -}}
+
+{{- define "msgin5g.auth.chartSecretName" -}}
+{{- include "msgin5g.componentName" (dict "root" . "component" "registry-auth") -}}
+{{- end -}}
+
+{{/* Name of the Secret with clients.json, signing-key.pem and admin-token. */}}
+{{- define "msgin5g.auth.secretName" -}}
+{{- .Values.registry.auth.existingSecret | default (include "msgin5g.auth.chartSecretName" .) -}}
+{{- end -}}
+
+{{/* Does the chart itself create that Secret? */}}
+{{- define "msgin5g.auth.inChart" -}}
+{{- if and .Values.registry.auth.enabled (not .Values.registry.auth.existingSecret) }}true{{ end -}}
+{{- end -}}
+
+{{/* clients.json: the AS clients of the token endpoint. */}}
+{{- define "msgin5g.auth.clientsJson" -}}
+{{- $clients := list -}}
+{{- range .Values.registry.auth.clients -}}
+{{- $clients = append $clients (pick . "clientId" "clientSecret" "asSvcIds" "scopes") -}}
+{{- end -}}
+{{- dict "clients" $clients | toPrettyJson -}}
+{{- end -}}
+
+{{/* The ES256 signing key(s), PEM: generated at install, then read back from the cluster. */}}
+{{- define "msgin5g.auth.signingKey" -}}
+{{- include "msgin5g.generatedPassword" (dict "root" . "key" "authSigningKey" "secret" (include "msgin5g.auth.chartSecretName" .) "field" "signing-key.pem" "kind" "ecdsa") -}}
+{{- end -}}
+
+{{/* The management API's bearer token: generated at install, then read back. */}}
+{{- define "msgin5g.auth.adminToken" -}}
+{{- include "msgin5g.generatedPassword" (dict "root" . "key" "authAdminToken" "secret" (include "msgin5g.auth.chartSecretName" .) "field" "admin-token" "length" 40) -}}
+{{- end -}}
+
+{{/* Checksum of the chart's auth Secret (a change rolls the registry). */}}
+{{- define "msgin5g.auth.checksum" -}}
+{{- list (include "msgin5g.auth.clientsJson" .) (include "msgin5g.auth.signingKey" .) (include "msgin5g.auth.adminToken" .) | join "\n" | sha256sum -}}
+{{- end -}}
+
+{{/* Environment entries of the registry's auth (the admin token from the Secret). */}}
+{{- define "msgin5g.auth.env" -}}
+{{- if .Values.registry.auth.enabled -}}
+- name: MSGIN5G_ADMIN_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "msgin5g.auth.secretName" . }}
+      key: admin-token
+{{- end -}}
+{{- end -}}
+
+{{- define "msgin5g.auth.volume" -}}
+{{- if .Values.registry.auth.enabled -}}
+- name: auth
+  secret:
+    secretName: {{ include "msgin5g.auth.secretName" . }}
+    items:
+      - key: clients.json
+        path: clients.json
+      - key: signing-key.pem
+        path: signing-key.pem
+{{- end -}}
+{{- end -}}
+
+{{- define "msgin5g.auth.mount" -}}
+{{- if .Values.registry.auth.enabled -}}
+- name: auth
+  mountPath: {{ include "msgin5g.auth.dir" . }}
+  readOnly: true
+{{- end -}}
+{{- end -}}
+
+{{/* ---------------------------------------------------------------- AS callbacks (router) */}}
+
+{{- define "msgin5g.asCaVolume" -}}
+{{- with .Values.router.asTlsCaSecret -}}
+- name: as-ca
+  secret:
+    secretName: {{ . }}
+    items:
+      - key: ca.crt
+        path: ca.crt
+{{- end -}}
+{{- end -}}
+
+{{- define "msgin5g.asCaMount" -}}
+{{- if .Values.router.asTlsCaSecret -}}
+- name: as-ca
+  mountPath: /etc/msgin5g/tls/as
+  readOnly: true
+{{- end -}}
+{{- end -}}
+
+{{/* Join YAML list fragments (some may be empty) into one list. */}}
+{{- define "msgin5g.joinLists" -}}
+{{- $parts := list -}}
+{{- range . -}}
+{{- if trim . -}}
+{{- $parts = append $parts (trim .) -}}
+{{- end -}}
+{{- end -}}
+{{- join "\n" $parts -}}
+{{- end -}}
+
 {{/* ---------------------------------------------------------------- configuration */}}
 
 {{/* Settings every service reads (ConfigMap data). */}}
@@ -268,6 +381,15 @@ MSGIN5G_GRPC_BIND: {{ include "msgin5g.bind" (dict "root" . "port" .Values.regis
 MSGIN5G_ROUTER_ADDR: {{ include "msgin5g.routerAddr" . | quote }}
 MSGIN5G_MIN_LIFETIME: {{ include "msgin5g.num" .Values.config.registry.minLifetime | quote }}
 MSGIN5G_MAX_LIFETIME: {{ include "msgin5g.num" .Values.config.registry.maxLifetime | quote }}
+{{- $a := .Values.registry.auth }}
+MSGIN5G_AUTH_ENABLED: {{ $a.enabled | toString | quote }}
+{{- if $a.enabled }}
+MSGIN5G_AUTH_CLIENTS_FILE: {{ printf "%s/clients.json" (include "msgin5g.auth.dir" .) | quote }}
+MSGIN5G_AUTH_SIGNING_KEY_FILE: {{ printf "%s/signing-key.pem" (include "msgin5g.auth.dir" .) | quote }}
+MSGIN5G_AUTH_TOKEN_TTL: {{ include "msgin5g.num" $a.tokenTtl | quote }}
+MSGIN5G_AUTH_ISSUER: {{ $a.issuer | quote }}
+MSGIN5G_AS_RATE_LIMIT: {{ include "msgin5g.num" $a.rateLimit | quote }}
+{{- end }}
 {{- end -}}
 
 {{- define "msgin5g.config.router" -}}
@@ -285,6 +407,10 @@ MSGIN5G_SWEEP_INTERVAL: {{ include "msgin5g.num" $c.sweepInterval | quote }}
 MSGIN5G_FANOUT_PAGE: {{ include "msgin5g.num" $c.fanoutPage | quote }}
 MSGIN5G_FANOUT_RATE: {{ include "msgin5g.num" $c.fanoutRate | quote }}
 MSGIN5G_FANOUT_CLAIM_AFTER: {{ include "msgin5g.num" $c.fanoutClaimAfter | quote }}
+MSGIN5G_AS_TIMEOUT: {{ include "msgin5g.num" .Values.router.asTimeout | quote }}
+{{- if .Values.router.asTlsCaSecret }}
+MSGIN5G_AS_TLS_CA_FILE: "/etc/msgin5g/tls/as/ca.crt"
+{{- end }}
 {{- end -}}
 
 {{/* Settings of both edges; dict: root, grpcPort. */}}
@@ -374,7 +500,7 @@ The Deployment of one of the four services. dict:
   root, key (values key), component (name), ports (list of container ports),
   probe (the probe handler, YAML), readinessProbe (optional handler for readiness),
   env (extra env entries, YAML), config (ConfigMap data, for the checksum),
-  volumes / volumeMounts (extra, YAML).
+  annotations (extra pod annotations, YAML), volumes / volumeMounts (extra, YAML).
 */}}
 {{- define "msgin5g.deployment" -}}
 {{- $root := .root -}}
@@ -410,6 +536,9 @@ spec:
       annotations:
         checksum/config: {{ .config | sha256sum }}
         checksum/secret: {{ include "msgin5g.credentialsChecksum" $root }}
+        {{- with .annotations }}
+        {{- . | nindent 8 }}
+        {{- end }}
         {{- with $v.podAnnotations }}
         {{- toYaml . | nindent 8 }}
         {{- end }}

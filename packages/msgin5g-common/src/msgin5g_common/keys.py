@@ -25,11 +25,37 @@ one recipient stays in one slot.
 | ``<p>:fanout:{ori}:<msgId>`` | hash | router | a fan-out's progress (cursor, done) |
 | ``<p>:edge:<kind>:<id>`` | string | each edge | the replica's gRPC address; TTL = heartbeat |
 | ``<p>:edges:<kind>`` | sorted set | each edge | replica ids by heartbeat expiry (ms), to pick any live one |
+| ``<p>:as:{id}:known`` | string | registry | the AS has registered once (no TTL) |
+| ``<p>:as:{id}:reg`` | hash | registry | the AS's registration: registrationId, targetUri, appId, profile |
+| ``<p>:asreg:<registrationId>`` | string | registry | registrationId -> asSvcId |
+
+**Recipients.** The router keeps the pending documents of an application server exactly as
+those of a UE: inbox, docs, seq, retry and the schedules, under the recipient id
+``as/<asSvcId>``. A UE Service ID never contains ``/``, so the two cannot collide; topic
+subscriber sets hold the same ids.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+AS_PREFIX = "as/"
+
+
+def as_recipient(as_svc_id: str) -> str:
+    """The recipient id of an application server (see "Recipients" above)."""
+    return AS_PREFIX + as_svc_id
+
+
+def as_of(rcpt: str) -> str | None:
+    """The asSvcId of an AS recipient id, None for a UE."""
+    return rcpt[len(AS_PREFIX) :] if rcpt.startswith(AS_PREFIX) else None
+
+
+def address_key_of(rcpt: str) -> str:
+    """``UE:<id>`` or ``AS:<id>``: how message records name a recipient."""
+    as_id = as_of(rcpt)
+    return f"UE:{rcpt}" if as_id is None else f"AS:{as_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +114,25 @@ class Keys:
         """``ori`` is the originator as ``<addrType>:<addr>``; its hash tag keeps a sender's
         records together."""
         return f"{self.prefix}:msg:{{{ori}}}:{msg_id}"
+
+    def as_known(self, as_svc_id: str) -> str:
+        return f"{self.prefix}:as:{{{as_svc_id}}}:known"
+
+    def as_reg(self, as_svc_id: str) -> str:
+        return f"{self.prefix}:as:{{{as_svc_id}}}:reg"
+
+    def as_registration(self, registration_id: str) -> str:
+        return f"{self.prefix}:asreg:{registration_id}"
+
+    def known(self, rcpt: str) -> str:
+        """The "known" key of a recipient id (UE or AS)."""
+        as_id = as_of(rcpt)
+        return self.ue_known(rcpt) if as_id is None else self.as_known(as_id)
+
+    def registration(self, rcpt: str) -> str:
+        """The live registration of a recipient id (UE or AS)."""
+        as_id = as_of(rcpt)
+        return self.ue_reg(rcpt) if as_id is None else self.as_reg(as_id)
 
     def edge(self, kind: str, edge_id: str) -> str:
         return f"{self.prefix}:edge:{kind}:{edge_id}"

@@ -28,7 +28,9 @@ def _banner(stack: Stack) -> str:
     logs = stack.log_dir
     return "\n".join(
         [
-            "MSGin5G Server is running on loopback (development mode: no device authentication).",
+            "MSGin5G Server is running on loopback in development mode: no device authentication,",
+            "  and the AS API and management API take requests WITHOUT tokens (OAuth2 is off;",
+            "  the Helm chart turns it on, see docs/as-api.md).",
             f"  CoAP (UEs)          coap://{coap_host}:{coap_port}   /reg /msg /inbox/{{ueSvcId}}",
             f"  MQTT broker (UEs)   mqtt://{mqtt_host}:{mqtt_port}    "
             "msgin5g/up/{ueSvcId} msgin5g/ue/{ueSvcId}",

@@ -53,8 +53,16 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
     router_channel = channel(settings.router_addr)
     router: rgrpc_router.RouterServiceAsyncStub = rgrpc_router.RouterServiceStub(router_channel)
     config = uvicorn.Config(
-        create_app(store, redis, router), log_config=None, access_log=False, lifespan="off"
+        create_app(store, redis, router, settings),
+        log_config=None,
+        access_log=False,
+        lifespan="off",
     )
+    if not settings.auth_enabled:
+        log.warning(
+            "auth disabled: the AS API and the management API take requests without tokens",
+            extra={"setting": "MSGIN5G_AUTH_ENABLED"},
+        )
     http = _HttpServer(config)
     http_task = asyncio.create_task(http.serve(sockets=[sock]))
 

@@ -6,16 +6,17 @@ Errors are RFC 9457 ProblemDetails (``application/problem+json``) with a ``cause
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Path, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
+import grpc
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from redis.asyncio import Redis
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from redis.exceptions import RedisError
 
 from msgin5g.v1 import common_pb2 as pb
 from msgin5g.v1 import router_pb2 as rpb
@@ -23,20 +24,24 @@ from msgin5g.v1 import router_pb2_grpc as rgrpc
 from msgin5g_common import convert
 from msgin5g_common import header as h
 from msgin5g_common.errors import Cause
-from msgin5g_registry.store import GroupStore, RegistryStore, UeRecord
+from msgin5g_registry import as_api, problems
+from msgin5g_registry.auth import (
+    ADMIN_SCOPE,
+    Authenticator,
+    install_openapi_security,
+    require,
+    token_router,
+)
+from msgin5g_registry.problems import ProblemDetails, problem
+from msgin5g_registry.problems import instance_of as _instance
+from msgin5g_registry.settings import RegistrySettings
+from msgin5g_registry.store import AsStore, GroupStore, RegistryStore, UeRecord
+
+log = logging.getLogger("msgin5g.registry.http")
 
 READY_TIMEOUT = 0.5
 UE_ID_PATTERN = r"^[A-Za-z0-9._~@:+\-]{1,128}$"
 _UE_ID_RE = re.compile(UE_ID_PATTERN)
-
-
-class ProblemDetails(BaseModel):
-    type: str = "about:blank"
-    title: str
-    status: int
-    detail: str | None = None
-    instance: str | None = None
-    cause: str | None = None
 
 
 class UePublic(BaseModel):
@@ -50,23 +55,6 @@ class UePublic(BaseModel):
     bcArea: str | None = None
     deliveryMode: str | None = None
     maxSegSize: int | None = None
-
-
-def problem(
-    status: int, title: str, detail: str | None, cause: Cause | None, instance: str
-) -> JSONResponse:
-    body = ProblemDetails(
-        title=title,
-        status=status,
-        detail=detail,
-        cause=cause.value if cause else None,
-        instance=instance,
-    )
-    return JSONResponse(
-        body.model_dump(exclude_none=True),
-        status_code=status,
-        media_type="application/problem+json",
-    )
 
 
 def _ms(ms: int) -> datetime:
@@ -229,33 +217,59 @@ MsgIdPath = Annotated[str, Path(min_length=1, max_length=128, description="The m
 
 
 def create_app(
-    store: RegistryStore, redis: Redis, router: rgrpc.RouterServiceAsyncStub | None = None
+    store: RegistryStore,
+    redis: Redis,
+    router: rgrpc.RouterServiceAsyncStub | None = None,
+    settings: RegistrySettings | None = None,
 ) -> FastAPI:
+    settings = settings or RegistrySettings()
+    auth = Authenticator.from_settings(settings)
     app = FastAPI(
         title="MSGin5G registry",
         version="0.1.0",
-        description="UE registrations and management API of the MSGin5G Server.",
+        description=(
+            "The MSGin5G Server's HTTP API: the TS 29.538 application server API "
+            "(/msgs-asregistration, /msgs-msgdelivery, /msgs-topiclistevent; OAuth2 "
+            "client-credentials tokens from /oauth2/token) and the management API (/api/v1; "
+            "admin token)."
+        ),
     )
 
     app.state.store = store
     app.state.groups = GroupStore(store.redis, store.keys)
+    app.state.as_store = AsStore(store.redis, store.keys)
     app.state.router = router
+    app.state.auth = auth
+    app.state.max_body = settings.http_max_body
+    app.state.max_payload = settings.max_payload
+    app.state.grpc_timeout = settings.grpc_timeout
+    problems.install(app)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem(exc.status_code, str(exc.detail), None, None, request.url.path)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()))
+    @app.exception_handler(grpc.aio.AioRpcError)
+    async def router_down(request: Request, exc: grpc.aio.AioRpcError) -> JSONResponse:
+        log.warning("router call failed", extra={"code": exc.code().name, "path": request.url.path})
         return problem(
-            400,
-            "Bad Request",
-            f"{where}: {first.get('msg', 'invalid')}",
-            Cause.INVALID_REQUEST,
-            request.url.path,
+            503,
+            None,
+            f"the router did not answer ({exc.code().name}); retry",
+            Cause.OVERLOADED,
+            _instance(request),
+            headers={"Retry-After": "1"},
         )
+
+    @app.exception_handler(RedisError)
+    async def redis_down(request: Request, exc: RedisError) -> JSONResponse:
+        log.warning("redis call failed", extra={"error": str(exc), "path": request.url.path})
+        return problem(
+            503,
+            None,
+            "the store did not answer; retry",
+            Cause.OVERLOADED,
+            _instance(request),
+            headers={"Retry-After": "1"},
+        )
+
+    mgmt = APIRouter(dependencies=[Depends(require(ADMIN_SCOPE))])
 
     def check_id(ue: str, request: Request) -> JSONResponse | None:
         if _UE_ID_RE.fullmatch(ue):
@@ -265,10 +279,10 @@ def create_app(
             "Bad Request",
             "ueSvcId: must be 1-128 characters of [A-Za-z0-9._~@:+-]",
             Cause.INVALID_REQUEST,
-            request.url.path,
+            _instance(request),
         )
 
-    @app.get(
+    @mgmt.get(
         "/api/v1/ues/{ueSvcId}",
         response_model=UePublic,
         responses={404: {"model": ProblemDetails}, 400: {"model": ProblemDetails}},
@@ -285,11 +299,11 @@ def create_app(
                 "Not Found",
                 f"UE {ueSvcId} is not known",
                 Cause.UNKNOWN_RECIPIENT,
-                request.url.path,
+                _instance(request),
             )
         return ue_public(record)
 
-    @app.put(
+    @mgmt.put(
         "/api/v1/ues/{ueSvcId}",
         response_model=UePublic,
         status_code=200,
@@ -304,7 +318,7 @@ def create_app(
         body = ue_public(await store.get(ueSvcId))
         return JSONResponse(body.model_dump(mode="json"), status_code=201 if created else 200)
 
-    @app.get(
+    @mgmt.get(
         "/api/v1/messages/{msgId}",
         response_model=MessageStatePublic,
         responses={404: {"model": ProblemDetails}, 400: {"model": ProblemDetails}},
@@ -328,7 +342,7 @@ def create_app(
                 "Not Found",
                 f"no message {msgId} from {ori} (or its state has expired)",
                 Cause.UNKNOWN_MESSAGE,
-                request.url.path,
+                _instance(request),
             )
         return message_public(state)
 
@@ -342,7 +356,7 @@ def create_app(
         status = {Cause.UNKNOWN_MESSAGE: 404, Cause.EXPIRED: 400}.get(cause, 409) if cause else 409
         return problem(status, "Not changed", reply.failure_detail, cause, path)
 
-    @app.patch(
+    @mgmt.patch(
         "/api/v1/messages/{msgId}",
         response_model=MessageStatePublic,
         responses={404: {"model": ProblemDetails}, 409: {"model": ProblemDetails}},
@@ -359,12 +373,12 @@ def create_app(
             ori_addr=_ori(ori), msg_id=msgId, action=rpb.UPDATE_ACTION_UPDATE
         )
         update.expr_time.FromDatetime(body.exprTime.astimezone(UTC))
-        failed = await _update(router, update, request.url.path)
+        failed = await _update(router, update, _instance(request))
         if failed is not None:
             return failed
         return await get_message(msgId, ori, router, request)
 
-    @app.delete(
+    @mgmt.delete(
         "/api/v1/messages/{msgId}",
         status_code=204,
         responses={404: {"model": ProblemDetails}, 409: {"model": ProblemDetails}},
@@ -379,7 +393,7 @@ def create_app(
         update = rpb.UpdateMessageRequest(
             ori_addr=_ori(ori), msg_id=msgId, action=rpb.UPDATE_ACTION_DISCARD
         )
-        failed = await _update(router, update, request.url.path)
+        failed = await _update(router, update, _instance(request))
         return failed if failed is not None else Response(status_code=204)
 
     def bad_group(group: str, request: Request) -> JSONResponse | None:
@@ -390,7 +404,7 @@ def create_app(
             "Bad Request",
             "groupSvcId: must be 1-128 characters of [A-Za-z0-9._~@:+-]",
             Cause.INVALID_REQUEST,
-            request.url.path,
+            _instance(request),
         )
 
     def no_group(group: str, request: Request) -> JSONResponse:
@@ -399,7 +413,7 @@ def create_app(
             "Not Found",
             f"group {group} does not exist",
             Cause.UNKNOWN_RECIPIENT,
-            request.url.path,
+            _instance(request),
         )
 
     async def group_page(
@@ -413,7 +427,7 @@ def create_app(
             next=members[-1] if len(members) == limit else None,
         )
 
-    @app.put(
+    @mgmt.put(
         "/api/v1/groups/{groupSvcId}",
         response_model=GroupPublic,
         responses={201: {"model": GroupPublic}, 400: {"model": ProblemDetails}},
@@ -430,12 +444,12 @@ def create_app(
             return bad
         detail = _bad_members(body.members)
         if detail is not None:
-            return problem(400, "Bad Request", detail, Cause.INVALID_REQUEST, request.url.path)
+            return problem(400, "Bad Request", detail, Cause.INVALID_REQUEST, _instance(request))
         created = await groups.replace(groupSvcId, body.members)
         page = await group_page(groups, groupSvcId, None, 100)
         return JSONResponse(page.model_dump(), status_code=201 if created else 200)
 
-    @app.get(
+    @mgmt.get(
         "/api/v1/groups/{groupSvcId}",
         response_model=GroupPublic,
         responses={404: {"model": ProblemDetails}},
@@ -455,7 +469,7 @@ def create_app(
             return no_group(groupSvcId, request)
         return await group_page(groups, groupSvcId, after, limit)
 
-    @app.delete("/api/v1/groups/{groupSvcId}", status_code=204, summary="Delete a group")
+    @mgmt.delete("/api/v1/groups/{groupSvcId}", status_code=204, summary="Delete a group")
     async def delete_group(groupSvcId: GroupId, groups: GroupsDep, request: Request) -> Response:
         bad = bad_group(groupSvcId, request)
         if bad is not None:
@@ -464,7 +478,7 @@ def create_app(
             return no_group(groupSvcId, request)
         return Response(status_code=204)
 
-    @app.post(
+    @mgmt.post(
         "/api/v1/groups/{groupSvcId}/members",
         response_model=GroupPublic,
         summary="Add members to a group (creates it when new)",
@@ -480,11 +494,11 @@ def create_app(
             return bad
         detail = _bad_members(body.members)
         if detail is not None:
-            return problem(400, "Bad Request", detail, Cause.INVALID_REQUEST, request.url.path)
+            return problem(400, "Bad Request", detail, Cause.INVALID_REQUEST, _instance(request))
         await groups.add(groupSvcId, body.members)
         return await group_page(groups, groupSvcId, None, 100)
 
-    @app.delete(
+    @mgmt.delete(
         "/api/v1/groups/{groupSvcId}/members/{ueSvcId}",
         status_code=204,
         summary="Remove one member from a group",
@@ -504,11 +518,11 @@ def create_app(
                 "Not Found",
                 f"{ueSvcId} is not a member of {groupSvcId}",
                 Cause.UNKNOWN_RECIPIENT,
-                request.url.path,
+                _instance(request),
             )
         return Response(status_code=204)
 
-    @app.get(
+    @mgmt.get(
         "/api/v1/topics/{topic}",
         response_model=TopicPublic,
         responses={400: {"model": ProblemDetails}},
@@ -523,7 +537,7 @@ def create_app(
                 "Bad Request",
                 "topic: must be 1-128 characters of [A-Za-z0-9._~@:+-]",
                 Cause.INVALID_REQUEST,
-                request.url.path,
+                _instance(request),
             )
         now = int(datetime.now(UTC).timestamp() * 1000)
         rows = await store.subscribers(topic, now)
@@ -550,8 +564,12 @@ def create_app(
             await asyncio.wait_for(redis.ping(), READY_TIMEOUT)
         except Exception as exc:  # any Redis failure (or slowness) means not ready
             return problem(
-                503, "Service Unavailable", f"redis: {exc}", Cause.OVERLOADED, request.url.path
+                503, "Service Unavailable", f"redis: {exc}", Cause.OVERLOADED, _instance(request)
             )
         return JSONResponse({"status": "ready"})
 
+    app.include_router(mgmt)
+    app.include_router(as_api.router())
+    app.include_router(token_router())
+    install_openapi_security(app)
     return app

@@ -1,8 +1,11 @@
-"""UE registrations in Redis (the registry owns the ``ue:{id}:known`` and ``ue:{id}:reg`` keys)."""
+"""Registrations in Redis: UEs (``ue:{id}:known``, ``ue:{id}:reg``), application servers
+(``as:{id}:known``, ``as:{id}:reg``, ``asreg:<registrationId>``), groups and topics."""
 
 from __future__ import annotations
 
+import json
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -173,3 +176,114 @@ class GroupStore:
             self.keys.group_members(group), low, "+", start=0, num=limit
         )
         return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+
+
+@dataclass(frozen=True, slots=True)
+class AsRegistration:
+    as_svc_id: str
+    registration_id: str
+    target_uri: str
+    app_id: str
+    profile: dict[str, Any] | None
+    client_id: str
+    registered_at_ms: int
+
+
+# Creates or replaces an AS's registration and keeps its registrationId across updates:
+# returns {registrationId, 1 if created}.
+_AS_REGISTER = """
+local id = redis.call('HGET', KEYS[1], 'registrationId')
+local created = 0
+if not id then id = ARGV[1]; created = 1 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'registrationId', id, 'targetUri', ARGV[2], 'appId', ARGV[3],
+           'profile', ARGV[4], 'clientId', ARGV[5], 'registeredAt', ARGV[6])
+redis.call('SET', KEYS[2], ARGV[6], 'NX')
+return {id, created}
+"""
+
+# Deletes the registration only if it is still the one named (a newer one stays).
+_AS_DEREGISTER = """
+if redis.call('HGET', KEYS[1], 'registrationId') == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class AsStore:
+    """Application server registrations (TS 29.538 MSGS_ASRegistration). One registration per
+    asSvcId: registering again updates it and keeps its registrationId."""
+
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+        self._register = redis.register_script(_AS_REGISTER)
+        self._deregister = redis.register_script(_AS_DEREGISTER)
+
+    async def register(
+        self,
+        as_svc_id: str,
+        *,
+        target_uri: str,
+        app_id: str,
+        profile: dict[str, Any] | None,
+        client_id: str,
+    ) -> tuple[AsRegistration, bool]:
+        """The registration and whether it is new."""
+        now = int(time.time() * 1000)
+        reg_id, created = await self._register(
+            keys=[self.keys.as_reg(as_svc_id), self.keys.as_known(as_svc_id)],
+            args=[
+                uuid.uuid4().hex,
+                target_uri,
+                app_id,
+                json.dumps(profile) if profile is not None else "",
+                client_id,
+                now,
+            ],
+        )
+        registration_id = _text(reg_id)
+        # The index lives in another slot (Redis Cluster): written after the registration,
+        # so a crash in between leaves a registration whose DELETE 404s until it is
+        # registered again, never an index entry that names a foreign registration.
+        await self.redis.set(self.keys.as_registration(registration_id), as_svc_id)
+        reg = AsRegistration(
+            as_svc_id=as_svc_id,
+            registration_id=registration_id,
+            target_uri=target_uri,
+            app_id=app_id,
+            profile=profile,
+            client_id=client_id,
+            registered_at_ms=now,
+        )
+        return reg, bool(created)
+
+    async def get(self, as_svc_id: str) -> AsRegistration | None:
+        raw = await self.redis.hgetall(self.keys.as_reg(as_svc_id))
+        if not raw:
+            return None
+        f = {_text(k): _text(v) for k, v in raw.items()}
+        return AsRegistration(
+            as_svc_id=as_svc_id,
+            registration_id=f.get("registrationId", ""),
+            target_uri=f.get("targetUri", ""),
+            app_id=f.get("appId", ""),
+            profile=json.loads(f["profile"]) if f.get("profile") else None,
+            client_id=f.get("clientId", ""),
+            registered_at_ms=int(f.get("registeredAt", "0")),
+        )
+
+    async def owner(self, registration_id: str) -> str | None:
+        """The asSvcId a registrationId belongs to, or None."""
+        value = await self.redis.get(self.keys.as_registration(registration_id))
+        return None if value is None else _text(value)
+
+    async def deregister(self, as_svc_id: str, registration_id: str) -> bool:
+        removed = await self._deregister(keys=[self.keys.as_reg(as_svc_id)], args=[registration_id])
+        await self.redis.delete(self.keys.as_registration(registration_id))
+        return bool(removed)

@@ -11,10 +11,10 @@ from msgin5g.v1 import router_pb2_grpc as rgrpc
 from msgin5g_common import metrics, redisutil, service
 from msgin5g_common.grpcutil import GrpcServer, host_of
 from msgin5g_common.keys import Keys
+from msgin5g_router.appservers import AppServers
 from msgin5g_router.dispatch import Dispatcher, EdgeClients, RetryPolicy
 from msgin5g_router.fanout import Fanout
 from msgin5g_router.grpc_api import RouterServicer
-from msgin5g_router.reports import Reports
 from msgin5g_router.settings import RouterSettings
 from msgin5g_router.store import RouterStore
 from msgin5g_router.sweeper import Sweeper
@@ -32,8 +32,17 @@ async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
         max_ms=int(settings.retry_max * 1000),
         limit=settings.retry_limit,
     )
-    dispatcher = Dispatcher(store, clients, settings.inbox_limit, settings.grpc_timeout, retry)
-    reports = Reports(store, dispatcher, settings.default_expiry)
+    appservers = AppServers(settings.as_timeout, settings.as_tls_ca_file)
+    dispatcher = Dispatcher(
+        store,
+        clients,
+        settings.inbox_limit,
+        settings.grpc_timeout,
+        retry,
+        appservers=appservers,
+        default_expiry=settings.default_expiry,
+    )
+    reports = dispatcher.reports
     holder = settings.router_id or f"router-{socket.gethostname()}-{os.getpid()}"
     sweeper = Sweeper(store, dispatcher, reports, holder, settings.sweep_interval)
     fanout = Fanout(
@@ -70,4 +79,5 @@ async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
     await server.stop()
     await dispatcher.drain()
     await clients.close()
+    await appservers.close()
     await redis.aclose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from msgin5g.v1 import common_pb2 as pb
+from msgin5g_common.keys import as_of, as_recipient
 
 # Inbox order: HIGH, then MIDDLE (and unspecified), then LOW; within one priority by arrival.
 _RANK: dict[int, int] = {
@@ -67,3 +68,20 @@ def ack_refs(msg_id: str, ori: pb.Address | None) -> str:
     if ori is not None and ori.addr:
         return msg_ref(ori, msg_id)
     return f"{SEP}{msg_id}"
+
+
+def recipient_of(addr: pb.Address) -> str | None:
+    """The recipient id of a UE or AS address (keys.py, "Recipients"); None for the others."""
+    if addr.addr_type == pb.ADDR_TYPE_UE:
+        return addr.addr
+    if addr.addr_type == pb.ADDR_TYPE_AS:
+        return as_recipient(addr.addr)
+    return None
+
+
+def rcpt_address(rcpt: str) -> pb.Address:
+    """The address of a recipient id."""
+    as_id = as_of(rcpt)
+    if as_id is None:
+        return pb.Address(addr_type=pb.ADDR_TYPE_UE, addr=rcpt)
+    return pb.Address(addr_type=pb.ADDR_TYPE_AS, addr=as_id)

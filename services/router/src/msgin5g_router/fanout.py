@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from msgin5g.v1 import common_pb2 as pb
-from msgin5g_common.keys import Keys
+from msgin5g_common.keys import Keys, address_key_of
 from msgin5g_router import domain
 from msgin5g_router.dispatch import Dispatcher
 from msgin5g_router.store import RouterStore, as_text, now_ms
@@ -36,6 +36,7 @@ local out = {}
 for i, member in ipairs(ARGV) do
   if i > 1 then
     local field = 'st:UE:' .. member
+    if string.sub(member, 1, 3) == 'as/' then field = 'st:AS:' .. string.sub(member, 4) end
     local cur = redis.call('HGET', KEYS[1], field)
     if not cur then
       redis.call('HSET', KEYS[1], field, ARGV[1])
@@ -186,7 +187,7 @@ class Fanout:
             for m in await self.redis.zrangebylex(source, low, "+", start=0, num=self.page)
         ]
         # The originator does not receive its own group message.
-        members = [m for m in members if f"UE:{m}" != ori]
+        members = [m for m in members if address_key_of(m) != ori]
         state = json.dumps({"state": "ACCEPTED", "times": {"ACCEPTED": now_ms()}})
         todo = [
             as_text(m)
@@ -217,10 +218,10 @@ class Fanout:
     ) -> None:
         copy = pb.Message()
         copy.CopyFrom(msg)
-        copy.rcpt_addr.CopyFrom(pb.Address(addr_type=pb.ADDR_TYPE_UE, addr=member))
+        copy.rcpt_addr.CopyFrom(domain.rcpt_address(member))
         doc = pb.Downlink(msg=copy).SerializeToString()
         await self.store.enqueue(member, ref, doc, rank)
         await self.store.schedule_expiry(member, ref, expires_ms)
         await self.bucket.take()
         if not await self.dispatcher.dispatch(member, [ref]):
-            await self.store.set_state(ori, msg.msg_id, f"UE:{member}", "STORED")
+            await self.store.set_state(ori, msg.msg_id, address_key_of(member), "STORED")

@@ -15,6 +15,7 @@ from msgin5g.v1 import router_pb2_grpc as rgrpc
 from msgin5g_common import convert, metrics
 from msgin5g_common.errors import Cause
 from msgin5g_common.grpcutil import Context
+from msgin5g_common.keys import as_of, as_recipient
 from msgin5g_router import domain
 from msgin5g_router.dispatch import COAP, MQTT, Dispatcher
 from msgin5g_router.fanout import Fanout
@@ -24,7 +25,9 @@ from msgin5g_router.store import RouterStore, text_or_none
 
 log = logging.getLogger("msgin5g.router")
 
-KIND_NAME = {pb.EDGE_KIND_COAP: COAP, pb.EDGE_KIND_MQTT: MQTT}
+# The registry's AS API submits on behalf of application servers.
+AS_API = "as-api"
+KIND_NAME = {pb.EDGE_KIND_COAP: COAP, pb.EDGE_KIND_MQTT: MQTT, pb.EDGE_KIND_AS_API: AS_API}
 RESULT = {
     "ACCEPTED": pb.MSG_RESULT_ACCEPTED,
     "STORED": pb.MSG_RESULT_STORED,
@@ -63,6 +66,15 @@ class RouterServicer(rgrpc.RouterServiceServicer):
         assert kind is not None
         return kind
 
+    async def _speaks_for(self, party: pb.Address, edge: pb.EdgeRef, context: Context) -> bool:
+        """UEs speak through the edges, application servers through the AS API; a request
+        without an edge (the management API, acting for the operator) may name either."""
+        if edge.kind == pb.EDGE_KIND_UNSPECIFIED:
+            return True
+        kind = await self._edge_kind(edge, context)
+        wanted = pb.ADDR_TYPE_AS if kind == AS_API else pb.ADDR_TYPE_UE
+        return party.addr_type == wanted
+
     async def _touch(self, ue: str, kind: str, edge_id: str, flush: bool) -> None:
         """Refreshes the UE's lease on this replica; re-sends its pending documents when the
         lease moved (or on an explicit wake-up)."""
@@ -85,35 +97,46 @@ class RouterServicer(rgrpc.RouterServiceServicer):
     ) -> rpb.SubmitMessageResponse:
         msg = request.message
         kind = await self._edge_kind(request.edge, context)
-        if msg.ori_addr.addr_type != pb.ADDR_TYPE_UE:
-            return _failed(msg.msg_id, Cause.INVALID_REQUEST, "oriAddr: a UE sends over MSGin5G-1")
+        from_as = kind == AS_API
+        wanted = pb.ADDR_TYPE_AS if from_as else pb.ADDR_TYPE_UE
+        if msg.ori_addr.addr_type != wanted:
+            where = "the AS API" if from_as else "MSGin5G-1"
+            return _failed(msg.msg_id, Cause.INVALID_REQUEST, f"oriAddr: not a sender over {where}")
         many = (pb.ADDR_TYPE_GROUP, pb.ADDR_TYPE_TOPIC, pb.ADDR_TYPE_BC)
         if msg.dest_addr.addr_type in many and self.fanout is not None:
             return await self._submit_fanout(msg, kind, request.edge.edge_id, self.fanout)
-        if msg.dest_addr.addr_type != pb.ADDR_TYPE_UE:
+        ori = domain.recipient_of(msg.ori_addr)
+        rcpt = domain.recipient_of(msg.dest_addr)
+        if ori is None or rcpt is None or (from_as and as_of(rcpt) is not None):
             name = domain.ADDR_TYPE_NAME.get(msg.dest_addr.addr_type, "?")
             return _failed(
-                msg.msg_id, Cause.INVALID_REQUEST, f"destAddr.addrType {name} is not served yet"
+                msg.msg_id, Cause.INVALID_REQUEST, f"destAddr.addrType {name} is not served here"
             )
-        ori_ue, rcpt_ue = msg.ori_addr.addr, msg.dest_addr.addr
-        registered, known, _ = await self.store.check_parties(ori_ue, rcpt_ue)
+        registered, known, _ = await self.store.check_parties(ori, rcpt)
         if not registered:
-            return _failed(msg.msg_id, Cause.NOT_REGISTERED, f"UE {ori_ue} is not registered")
-        await self._seen(ori_ue, kind, request.edge.edge_id)
+            party = "AS" if from_as else "UE"
+            return _failed(
+                msg.msg_id, Cause.NOT_REGISTERED, f"{party} {msg.ori_addr.addr} is not registered"
+            )
+        await self._seen(ori, kind, request.edge.edge_id)
         if not known:
-            return _failed(msg.msg_id, Cause.UNKNOWN_RECIPIENT, f"UE {rcpt_ue} is not known")
+            return _failed(
+                msg.msg_id,
+                Cause.UNKNOWN_RECIPIENT,
+                f"{domain.address_key(msg.dest_addr)} is not known",
+            )
 
         expiry = self._expiry(msg)
         if expiry is None:
             return _failed(msg.msg_id, Cause.EXPIRED, "stoAndFwParams.exprTime is in the past")
         expires_ms, ttl_ms = expiry
-        reachable = await self.dispatcher.resolve(rcpt_ue) is not None
+        reachable = await self.dispatcher.reachable(rcpt)
         sto_and_fw = msg.sto_and_fw_ind if msg.HasField("sto_and_fw_ind") else True
         if not reachable and not sto_and_fw:
             return _failed(
                 msg.msg_id,
                 Cause.RECIPIENT_UNREACHABLE,
-                f"UE {rcpt_ue} is not reachable now and stoAndFwInd is false",
+                f"{domain.address_key(msg.dest_addr)} is not reachable now, stoAndFwInd is false",
             )
 
         ori_key = domain.address_key(msg.ori_addr)
@@ -126,8 +149,8 @@ class RouterServicer(rgrpc.RouterServiceServicer):
         if not finished:
             # Also on a duplicate that is still under way: it repairs a record whose enqueue
             # a crash interrupted (the enqueue and the schedule are idempotent).
-            await self.store.enqueue(rcpt_ue, ref, doc, domain.priority_rank(msg.priority))
-            await self.store.schedule_expiry(rcpt_ue, ref, expires_ms)
+            await self.store.enqueue(rcpt, ref, doc, domain.priority_rank(msg.priority))
+            await self.store.schedule_expiry(rcpt, ref, expires_ms)
         if not created:
             log.info("duplicate", extra={"msgId": msg.msg_id, "ori": ori_key, "outcome": earlier})
             return rpb.SubmitMessageResponse(
@@ -144,7 +167,7 @@ class RouterServicer(rgrpc.RouterServiceServicer):
             extra={"msgId": msg.msg_id, "ori": ori_key, "rcpt": rcpt_key, "outcome": outcome},
         )
         if reachable:
-            self.dispatcher.spawn(rcpt_ue, [ref])
+            self.dispatcher.spawn(rcpt, [ref])
         return rpb.SubmitMessageResponse(msg_id=msg.msg_id, result=RESULT[outcome])
 
     def _expiry(self, msg: pb.Message) -> tuple[int, int] | None:
@@ -155,6 +178,9 @@ class RouterServicer(rgrpc.RouterServiceServicer):
             expires = msg.sto_and_fw_params.expr_time.ToMilliseconds() / 1000
             if expires <= now:
                 return None
+        if msg.latency:
+            # An AS's latency requirement: not delivered by then is not delivered at all.
+            expires = min(expires, now + msg.latency)
         return int(expires * 1000), int((expires - now + self.settings.state_retention) * 1000)
 
     async def _submit_fanout(
@@ -162,10 +188,13 @@ class RouterServicer(rgrpc.RouterServiceServicer):
     ) -> rpb.SubmitMessageResponse:
         """A group, topic or broadcast message: accepted once, then fanned out to every
         recipient but the sender, each by its own UE Service ID."""
+        ori = domain.recipient_of(msg.ori_addr) or ""
         ori_ue, target = msg.ori_addr.addr, msg.dest_addr.addr
-        if not await self.store.is_registered(ori_ue):
-            return _failed(msg.msg_id, Cause.NOT_REGISTERED, f"UE {ori_ue} is not registered")
-        await self._seen(ori_ue, kind, edge_id)
+        if not await self.store.is_registered(ori):
+            return _failed(
+                msg.msg_id, Cause.NOT_REGISTERED, f"{msg.ori_addr.addr} is not registered"
+            )
+        await self._seen(ori, kind, edge_id)
         keys = self.store.keys
         if msg.dest_addr.addr_type == pb.ADDR_TYPE_GROUP:
             size, member = await self.store.group_membership(target, ori_ue)
@@ -173,7 +202,8 @@ class RouterServicer(rgrpc.RouterServiceServicer):
                 return _failed(
                     msg.msg_id, Cause.UNKNOWN_RECIPIENT, f"group {target} does not exist"
                 )
-            if not member:
+            # An application server addresses any group; a UE only a group it belongs to.
+            if not member and kind != AS_API:
                 return _failed(
                     msg.msg_id, Cause.NOT_AUTHORIZED, f"{ori_ue} is not a member of group {target}"
                 )
@@ -222,35 +252,32 @@ class RouterServicer(rgrpc.RouterServiceServicer):
                 domain.msg_ref(request.ori_addr, request.msg_id),
                 domain.imdn_ref(request.ori_addr, request.msg_id),
             ]
-            acked = await self.store.ack(ue, refs, exact=True)
+            exact = True
         else:
-            acked = await self.store.ack(ue, [domain.ack_refs(request.msg_id, None)], exact=False)
+            refs, exact = [domain.ack_refs(request.msg_id, None)], False
+        acked = await self.dispatcher.complete(
+            ue,
+            refs,
+            exact=exact,
+            failed=request.result == pb.MSG_RESULT_FAILED,
+            cause=request.failure_cause,
+        )
         if not acked.matched:
             return rpb.AcknowledgeResponse(matched=False)
-        await self.store.unschedule_expiry(ue, acked.ref)
-        if acked.remaining == 0:
-            await self.store.clear_retry(ue)
-        doc = pb.Downlink.FromString(acked.doc)
-        if doc.WhichOneof("doc") == "msg":
-            failed = request.result == pb.MSG_RESULT_FAILED
-            accepted_ms = await self.store.set_state(
-                domain.address_key(doc.msg.ori_addr),
-                doc.msg.msg_id,
-                f"UE:{ue}",
-                "FAILED" if failed else "DELIVERED",
-                request.failure_cause if failed else "",
-            )
-            if accepted_ms > 1 and not failed:
-                metrics.DELIVERY_LATENCY.observe(max(time.time() - accepted_ms / 1000, 0))
-            if accepted_ms and failed and doc.msg.deliv_st_req_ind:
-                # The recipient refused it for good: the sender asked to know.
-                await self.reports.failed(doc.msg, ue, request.failure_cause or "REFUSED")
         log.info("delivered", extra={"msgId": request.msg_id, "ueSvcId": ue, "ref": acked.ref})
         if kind == COAP and acked.remaining > 0:
             # A notification shows only the first pending documents (bounded by count and by
             # size): each acknowledgement lets the observer see what comes next.
             self.dispatcher.spawn(ue)
         return rpb.AcknowledgeResponse(matched=True)
+
+    async def WakeAs(  # noqa: N802
+        self, request: rpb.WakeAsRequest, context: Context
+    ) -> rpb.WakeAsResponse:
+        rcpt = as_recipient(request.as_svc_id)
+        await self.store.clear_retry(rcpt)
+        self.dispatcher.spawn(rcpt)
+        return rpb.WakeAsResponse()
 
     async def Attach(  # noqa: N802
         self, request: rpb.AttachRequest, context: Context
@@ -284,6 +311,8 @@ class RouterServicer(rgrpc.RouterServiceServicer):
         self, request: rpb.SubmitReportRequest, context: Context
     ) -> rpb.SubmitReportResponse:
         imdn = request.imdn
+        if not await self._speaks_for(imdn.ori_addr, request.edge, context):
+            return _report_failed(Cause.NOT_AUTHORIZED, "oriAddr: not a sender over this API")
         reporter = domain.address_key(imdn.ori_addr)
         sender = domain.address_key(imdn.dest_addr)
         record = await self.store.record(sender, imdn.msg_id)
@@ -314,6 +343,8 @@ class RouterServicer(rgrpc.RouterServiceServicer):
     async def UpdateMessage(  # noqa: N802
         self, request: rpb.UpdateMessageRequest, context: Context
     ) -> rpb.UpdateMessageResponse:
+        if not await self._speaks_for(request.ori_addr, request.edge, context):
+            return _update_failed(Cause.NOT_AUTHORIZED, "oriAddr: not a sender over this API")
         ori = domain.address_key(request.ori_addr)
         record = await self.store.record(ori, request.msg_id)
         if "doc" not in record:

@@ -32,3 +32,7 @@ class RouterSettings(CommonSettings):
     # Identifies this replica for the sweeper lock and the fan-out consumer group; empty
     # means "router-<hostname>-<pid>".
     router_id: str = ""
+    # Application server callbacks (targetUri): seconds one POST may take, and a CA bundle
+    # for https targetUris signed by a private CA (empty: the system's trust store).
+    as_timeout: float = Field(default=5.0, gt=0)
+    as_tls_ca_file: str = ""

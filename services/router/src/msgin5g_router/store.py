@@ -170,17 +170,22 @@ class RouterStore:
 
     # -- registrations (read-only: the registry owns them) -----------------------------------
 
-    async def check_parties(self, ori_ue: str, rcpt_ue: str) -> tuple[bool, bool, str | None]:
-        """(originator registered, recipient known, recipient's registered transport)."""
+    async def check_parties(self, ori: str, rcpt: str) -> tuple[bool, bool, str | None]:
+        """(originator registered, recipient known, recipient's registered transport), for
+        recipient ids of UEs and ASs."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.exists(self.keys.ue_reg(ori_ue))
-            pipe.exists(self.keys.ue_known(rcpt_ue))
-            pipe.hget(self.keys.ue_reg(rcpt_ue), "transport")
+            pipe.exists(self.keys.registration(ori))
+            pipe.exists(self.keys.known(rcpt))
+            pipe.hget(self.keys.registration(rcpt), "transport")
             ori_reg, rcpt_known, transport = await pipe.execute()
         return bool(ori_reg), bool(rcpt_known) or transport is not None, text_or_none(transport)
 
-    async def is_registered(self, ue: str) -> bool:
-        return bool(await self.redis.exists(self.keys.ue_reg(ue)))
+    async def is_registered(self, rcpt: str) -> bool:
+        return bool(await self.redis.exists(self.keys.registration(rcpt)))
+
+    async def as_target(self, as_svc_id: str) -> str | None:
+        """Where the AS takes deliveries (its registration's targetUri), or None."""
+        return text_or_none(await self.redis.hget(self.keys.as_reg(as_svc_id), "targetUri"))
 
     async def group_membership(self, group: str, ue: str) -> tuple[int, bool]:
         """(how many members the group has, whether ``ue`` is one of them)."""

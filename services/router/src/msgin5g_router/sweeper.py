@@ -12,6 +12,7 @@ import logging
 
 from msgin5g.v1 import common_pb2 as pb
 from msgin5g_common import metrics
+from msgin5g_common.keys import address_key_of
 from msgin5g_router import domain
 from msgin5g_router.dispatch import Dispatcher
 from msgin5g_router.reports import Reports
@@ -64,7 +65,9 @@ class Sweeper:
             if doc.WhichOneof("doc") == "msg":
                 msg = doc.msg
                 ori = domain.address_key(msg.ori_addr)
-                await self.store.set_state(ori, msg.msg_id, f"UE:{ue}", "EXPIRED", "EXPIRED")
+                await self.store.set_state(
+                    ori, msg.msg_id, address_key_of(ue), "EXPIRED", "EXPIRED"
+                )
                 log.info("expired", extra={"msgId": msg.msg_id, "ori": ori, "ueSvcId": ue})
                 if msg.deliv_st_req_ind:
                     await self.reports.failed(msg, ue, "EXPIRED")

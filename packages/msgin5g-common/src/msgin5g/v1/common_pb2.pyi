@@ -108,12 +108,16 @@ class _EdgeKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EdgeKind.Val
     EDGE_KIND_UNSPECIFIED: _EdgeKind.ValueType  # 0
     EDGE_KIND_COAP: _EdgeKind.ValueType  # 1
     EDGE_KIND_MQTT: _EdgeKind.ValueType  # 2
+    EDGE_KIND_AS_API: _EdgeKind.ValueType  # 3
+    """The registry's AS API, submitting on behalf of an application server."""
 
 class EdgeKind(_EdgeKind, metaclass=_EdgeKindEnumTypeWrapper): ...
 
 EDGE_KIND_UNSPECIFIED: EdgeKind.ValueType  # 0
 EDGE_KIND_COAP: EdgeKind.ValueType  # 1
 EDGE_KIND_MQTT: EdgeKind.ValueType  # 2
+EDGE_KIND_AS_API: EdgeKind.ValueType  # 3
+"""The registry's AS API, submitting on behalf of an application server."""
 Global___EdgeKind: _TypeAlias = EdgeKind  # noqa: Y015
 
 class _DeliveryMode:
@@ -223,6 +227,7 @@ class Message(_message.Message):
     SEG_IND_FIELD_NUMBER: _builtins.int
     SEG_PARAMS_FIELD_NUMBER: _builtins.int
     RCPT_ADDR_FIELD_NUMBER: _builtins.int
+    LATENCY_FIELD_NUMBER: _builtins.int
     msg_id: _builtins.str
     app_id: _builtins.str
     payload: _builtins.str
@@ -231,6 +236,10 @@ class Message(_message.Message):
     sto_and_fw_ind: _builtins.bool
     """Absent means true (the default of the contract)."""
     seg_ind: _builtins.bool
+    latency: _builtins.int
+    """From an AS (TS 29.538 latency): deliver within this many seconds or not at all; the
+    message expires at the earlier of this deadline and exprTime. 0: no deadline.
+    """
     @_builtins.property
     def ori_addr(self) -> Global___Address: ...
     @_builtins.property
@@ -258,10 +267,11 @@ class Message(_message.Message):
         seg_ind: _builtins.bool = ...,
         seg_params: Global___SegmentParams | None = ...,
         rcpt_addr: Global___Address | None = ...,
+        latency: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_payload", b"_payload", "_sto_and_fw_ind", b"_sto_and_fw_ind", "dest_addr", b"dest_addr", "ori_addr", b"ori_addr", "payload", b"payload", "rcpt_addr", b"rcpt_addr", "seg_params", b"seg_params", "sto_and_fw_ind", b"sto_and_fw_ind", "sto_and_fw_params", b"sto_and_fw_params"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_payload", b"_payload", "_sto_and_fw_ind", b"_sto_and_fw_ind", "app_id", b"app_id", "deliv_st_req_ind", b"deliv_st_req_ind", "dest_addr", b"dest_addr", "msg_id", b"msg_id", "ori_addr", b"ori_addr", "payload", b"payload", "priority", b"priority", "rcpt_addr", b"rcpt_addr", "seg_ind", b"seg_ind", "seg_params", b"seg_params", "sto_and_fw_ind", b"sto_and_fw_ind", "sto_and_fw_params", b"sto_and_fw_params"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_payload", b"_payload", "_sto_and_fw_ind", b"_sto_and_fw_ind", "app_id", b"app_id", "deliv_st_req_ind", b"deliv_st_req_ind", "dest_addr", b"dest_addr", "latency", b"latency", "msg_id", b"msg_id", "ori_addr", b"ori_addr", "payload", b"payload", "priority", b"priority", "rcpt_addr", b"rcpt_addr", "seg_ind", b"seg_ind", "seg_params", b"seg_params", "sto_and_fw_ind", b"sto_and_fw_ind", "sto_and_fw_params", b"sto_and_fw_params"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__payload: _TypeAlias = _typing.Literal["payload"]  # noqa: Y015
     _WhichOneofArgType__payload: _TypeAlias = _typing.Literal["_payload", b"_payload"]  # noqa: Y015

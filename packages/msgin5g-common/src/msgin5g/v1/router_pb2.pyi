@@ -601,3 +601,37 @@ class UpdateMessageResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UpdateMessageResponse: _TypeAlias = UpdateMessageResponse  # noqa: Y015
+
+@_typing.final
+class WakeAsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AS_SVC_ID_FIELD_NUMBER: _builtins.int
+    as_svc_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        as_svc_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_svc_id", b"as_svc_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WakeAsRequest: _TypeAlias = WakeAsRequest  # noqa: Y015
+
+@_typing.final
+class WakeAsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WakeAsResponse: _TypeAlias = WakeAsResponse  # noqa: Y015

@@ -79,6 +79,11 @@ class RouterServiceStub:
                 request_serializer=msgin5g_dot_v1_dot_router__pb2.UpdateMessageRequest.SerializeToString,
                 response_deserializer=msgin5g_dot_v1_dot_router__pb2.UpdateMessageResponse.FromString,
                 _registered_method=True)
+        self.WakeAs = channel.unary_unary(
+                '/msgin5g.v1.RouterService/WakeAs',
+                request_serializer=msgin5g_dot_v1_dot_router__pb2.WakeAsRequest.SerializeToString,
+                response_deserializer=msgin5g_dot_v1_dot_router__pb2.WakeAsResponse.FromString,
+                _registered_method=True)
 
 
 class RouterServiceServicer:
@@ -148,6 +153,13 @@ class RouterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WakeAs(self, request, context):
+        """An application server registered (or changed its targetUri): send what waits for it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -195,6 +207,11 @@ def add_RouterServiceServicer_to_server(servicer, server):
                     servicer.UpdateMessage,
                     request_deserializer=msgin5g_dot_v1_dot_router__pb2.UpdateMessageRequest.FromString,
                     response_serializer=msgin5g_dot_v1_dot_router__pb2.UpdateMessageResponse.SerializeToString,
+            ),
+            'WakeAs': grpc.unary_unary_rpc_method_handler(
+                    servicer.WakeAs,
+                    request_deserializer=msgin5g_dot_v1_dot_router__pb2.WakeAsRequest.FromString,
+                    response_serializer=msgin5g_dot_v1_dot_router__pb2.WakeAsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -440,6 +457,33 @@ class RouterService:
             '/msgin5g.v1.RouterService/UpdateMessage',
             msgin5g_dot_v1_dot_router__pb2.UpdateMessageRequest.SerializeToString,
             msgin5g_dot_v1_dot_router__pb2.UpdateMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WakeAs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/msgin5g.v1.RouterService/WakeAs',
+            msgin5g_dot_v1_dot_router__pb2.WakeAsRequest.SerializeToString,
+            msgin5g_dot_v1_dot_router__pb2.WakeAsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -51,6 +51,8 @@ class RouterServiceStub:
     """A message's state per recipient (the management API and the originator ask)."""
     UpdateMessage: _grpc.UnaryUnaryMultiCallable[_router_pb2.UpdateMessageRequest, _router_pb2.UpdateMessageResponse]
     """The originator changes the expiry of its stored message, or discards it."""
+    WakeAs: _grpc.UnaryUnaryMultiCallable[_router_pb2.WakeAsRequest, _router_pb2.WakeAsResponse]
+    """An application server registered (or changed its targetUri): send what waits for it."""
 
 @_typing.type_check_only
 class RouterServiceAsyncStub(RouterServiceStub):
@@ -75,6 +77,8 @@ class RouterServiceAsyncStub(RouterServiceStub):
     """A message's state per recipient (the management API and the originator ask)."""
     UpdateMessage: _aio.UnaryUnaryMultiCallable[_router_pb2.UpdateMessageRequest, _router_pb2.UpdateMessageResponse]  # type: ignore[assignment]
     """The originator changes the expiry of its stored message, or discards it."""
+    WakeAs: _aio.UnaryUnaryMultiCallable[_router_pb2.WakeAsRequest, _router_pb2.WakeAsResponse]  # type: ignore[assignment]
+    """An application server registered (or changed its targetUri): send what waits for it."""
 
 class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -150,5 +154,13 @@ class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_router_pb2.UpdateMessageResponse, _abc.Awaitable[_router_pb2.UpdateMessageResponse]]:
         """The originator changes the expiry of its stored message, or discards it."""
+
+    @_abc_1.abstractmethod
+    def WakeAs(
+        self,
+        request: _router_pb2.WakeAsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_router_pb2.WakeAsResponse, _abc.Awaitable[_router_pb2.WakeAsResponse]]:
+        """An application server registered (or changed its targetUri): send what waits for it."""
 
 def add_RouterServiceServicer_to_server(servicer: RouterServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
