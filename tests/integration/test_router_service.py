@@ -139,3 +139,35 @@ async def test_duplicate_of_a_delivered_message_is_not_delivered_again(
     assert again.failure_cause == "DUPLICATE"
     assert await pending(router) == []
     assert await recipient_state(redis, "m1") == "DELIVERED"
+
+
+async def test_a_repeated_delivery_report_reaches_the_sender_once(
+    router: rgrpc.RouterServiceAsyncStub,
+) -> None:
+    """Verifies that a recipient's IMDN sent twice (a client retry, possibly after the first
+    copy was already delivered and acknowledged) is queued for the sender only once."""
+    request = submit("m1")
+    request.message.deliv_st_req_ind = True
+    await router.SubmitMessage(request, timeout=5)
+    assert (await router.Acknowledge(ack("m1"), timeout=5)).matched is True
+    report = rpb.SubmitReportRequest(
+        imdn=pb.Imdn(
+            ori_addr=ue_addr(RECIPIENT),
+            dest_addr=ue_addr(SENDER),
+            msg_id="m1",
+            deliv_st=pb.DELIVERY_STATUS_REPT_DELY_SUCCESS,
+        ),
+        edge=EDGE,
+    )
+
+    assert (await router.SubmitReport(report, timeout=5)).ok is True
+    inbox = await router.GetInbox(rpb.GetInboxRequest(ue_svc_id=SENDER), timeout=5)
+    assert [doc.imdn.msg_id for doc in inbox.docs] == ["m1"]
+    sender_ack = rpb.AcknowledgeRequest(
+        ue_svc_id=SENDER, msg_id="m1", ori_addr=ue_addr(RECIPIENT), edge=EDGE
+    )
+    assert (await router.Acknowledge(sender_ack, timeout=5)).matched is True
+
+    assert (await router.SubmitReport(report, timeout=5)).ok is True
+    inbox = await router.GetInbox(rpb.GetInboxRequest(ue_svc_id=SENDER), timeout=5)
+    assert list(inbox.docs) == []

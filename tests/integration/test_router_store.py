@@ -15,7 +15,7 @@ from msgin5g_common.edges import Heartbeat
 from msgin5g_common.keys import Keys
 from msgin5g_registry.store import RegistryStore
 from msgin5g_router import domain
-from msgin5g_router.store import Acked, Route, RouterStore
+from msgin5g_router.store import Acked, Parties, Route, RouterStore
 
 KEYS = Keys("m5g")
 TTL_SLACK_MS = 5_000
@@ -116,9 +116,12 @@ async def test_router_reads_what_the_registry_writes(store: RouterStore, redis: 
     await registry.register("ue-ori", transport="mqtt", lifetime=600)
     await registry.provision("ue-provisioned")
 
-    assert await store.check_parties("ue-ori", "ue-provisioned") == (True, True, None)
-    assert await store.check_parties("ue-provisioned", "ue-ori") == (False, True, "mqtt")
-    assert await store.check_parties("ue-none", "ue-none-either") == (False, False, None)
+    def seen(p: Parties) -> tuple[bool, bool, str | None]:
+        return p.ori_registered, p.rcpt_known, p.transport
+
+    assert seen(await store.parties("ue-ori", "ue-provisioned")) == (True, True, None)
+    assert seen(await store.parties("ue-provisioned", "ue-ori")) == (False, True, "mqtt")
+    assert seen(await store.parties("ue-none", "ue-none-either")) == (False, False, None)
     assert await store.registered_transport("ue-ori") == "mqtt"
     assert await store.registered_transport("ue-provisioned") is None
 

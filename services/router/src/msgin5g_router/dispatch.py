@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -26,11 +27,15 @@ from msgin5g_common.keys import address_key_of, as_of
 from msgin5g_router.appservers import AppServers, Outcome
 from msgin5g_router.domain import address_key, backoff_ms
 from msgin5g_router.reports import Reports
-from msgin5g_router.store import Acked, Route, RouterStore, now_ms
+from msgin5g_router.store import Acked, Route, RouterStore, StateChange, now_ms
 
 log = logging.getLogger("msgin5g.router.dispatch")
 
 COAP, MQTT = "coap", "mqtt"
+# Seconds the router remembers an edge replica's address and the list of live MQTT replicas.
+ADDRESS_TTL = 1.0
+# A resolved UE: the replica that serves it and that replica's gRPC address.
+Target = tuple[Route, str]
 
 
 class EdgeClients:
@@ -86,52 +91,96 @@ class Dispatcher:
         self.reports = Reports(store, self.spawn, default_expiry)
         # One dispatch at a time per UE keeps the per-recipient order on the wire.
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[bool]] = set()
         # Dispatches in flight at once: more only queue up for Redis connections and edges.
         self._slots = asyncio.Semaphore(64)
+        self._addresses: dict[tuple[str, str], tuple[str, float]] = {}
+        self._mqtt_edges: tuple[list[str], float] = ([], 0.0)
 
-    def spawn(self, ue: str, new_refs: list[str] | None = None) -> None:
-        """Dispatches in the background (the caller has already answered its client)."""
-        task = asyncio.create_task(self._dispatch_quietly(ue, new_refs))
+    def spawn(
+        self,
+        ue: str,
+        new_refs: list[str] | None = None,
+        *,
+        target: Target | None = None,
+        docs: list[pb.Downlink] | None = None,
+    ) -> None:
+        """Dispatches in the background (the caller has already answered its client). A
+        caller that has just resolved the recipient and holds the new documents passes them:
+        the dispatch then reads neither the route nor the inbox again."""
+        task = asyncio.create_task(self.dispatch(ue, new_refs, target=target, docs=docs))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    async def _dispatch_quietly(self, ue: str, new_refs: list[str] | None) -> None:
-        await self.dispatch(ue, new_refs)
 
     async def drain(self) -> None:
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=self.timeout)
 
-    async def reachable(self, rcpt: str) -> bool:
-        """Whether documents for the recipient (UE or AS) can leave now."""
-        as_id = as_of(rcpt)
-        if as_id is not None:
-            return bool(await self.store.as_target(as_id))
-        return await self.resolve(rcpt) is not None
+    async def _edge_address(self, kind: str, edge_id: str) -> str | None:
+        """A replica's gRPC address, remembered for a second: on the hot path every message
+        would read it otherwise, and a replica that died meanwhile only fails one Deliver,
+        after which the documents wait in Redis as always."""
+        key = (kind, edge_id)
+        now = time.monotonic()
+        cached = self._addresses.get(key)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        address = await self.store.edge_address(kind, edge_id)
+        if address is None:
+            self._addresses.pop(key, None)
+        else:
+            self._addresses[key] = (address, now + ADDRESS_TTL)
+        return address
 
-    async def resolve(self, ue: str) -> tuple[Route, str] | None:
-        """The live replica serving the UE and its gRPC address, or None."""
-        route = await self.store.route(ue)
+    async def _live_mqtt_edges(self) -> list[str]:
+        now = time.monotonic()
+        if self._mqtt_edges[1] <= now:
+            self._mqtt_edges = (await self.store.live_edges(MQTT), now + ADDRESS_TTL)
+        return self._mqtt_edges[0]
+
+    async def resolve(
+        self,
+        ue: str,
+        route: Route | None = None,
+        transport: str | None = None,
+        *,
+        known: bool = False,
+    ) -> Target | None:
+        """The live replica serving the UE and its gRPC address, or None. ``known``: the
+        caller read the route and the registered transport already (``route``/``transport``)."""
+        if not known:
+            route = await self.store.route(ue)
         if route is not None:
-            address = await self.store.edge_address(route.kind, route.edge_id)
+            address = await self._edge_address(route.kind, route.edge_id)
             if address is not None:
                 return route, address
-        kind = route.kind if route is not None else await self.store.registered_transport(ue)
+        if route is not None:
+            kind: str | None = route.kind
+        elif known:
+            kind = transport
+        else:
+            kind = await self.store.registered_transport(ue)
         if kind != MQTT:
             return None
-        for edge_id in await self.store.live_edges(MQTT):
-            address = await self.store.edge_address(MQTT, edge_id)
+        for edge_id in await self._live_mqtt_edges():
+            address = await self._edge_address(MQTT, edge_id)
             if address is not None:
                 return Route(MQTT, edge_id), address
         return None
 
-    async def dispatch(self, ue: str, new_refs: list[str] | None = None) -> bool:
+    async def dispatch(
+        self,
+        ue: str,
+        new_refs: list[str] | None = None,
+        *,
+        target: Target | None = None,
+        docs: list[pb.Downlink] | None = None,
+    ) -> bool:
         """Sends the UE its pending documents; ``new_refs`` limits MQTT to the new ones
         (None: everything pending, as on a re-attach). True when they left for the UE."""
         try:
             async with self._serialized(ue), self._slots:
-                return await self._dispatch(ue, new_refs)
+                return await self._dispatch(ue, new_refs, target, docs)
         except Exception:
             log.exception("dispatch failed", extra={"ueSvcId": ue})
             return False
@@ -151,22 +200,33 @@ class Dispatcher:
             else:
                 self._locks[ue] = (lock, users - 1)
 
-    async def _dispatch(self, ue: str, new_refs: list[str] | None) -> bool:
+    async def _dispatch(
+        self,
+        ue: str,
+        new_refs: list[str] | None,
+        target: Target | None,
+        given: list[pb.Downlink] | None,
+    ) -> bool:
         as_id = as_of(ue)
         if as_id is not None:
             return await self._dispatch_as(ue, as_id)
-        target = await self.resolve(ue)
+        if target is None:
+            target = await self.resolve(ue)
         if target is None:
             return False
         route, address = target
         snapshot = route.kind == COAP
-        pairs, _ = await self.store.inbox(ue, self.inbox_limit if snapshot else None)
-        if not snapshot and new_refs is not None:
-            wanted = set(new_refs)
-            pairs = [p for p in pairs if p[0] in wanted]
-        if not pairs:
+        if not snapshot and new_refs is not None and given is not None:
+            # MQTT sends exactly the new documents, and the caller holds them already.
+            docs = given
+        else:
+            pairs, _ = await self.store.inbox(ue, self.inbox_limit if snapshot else None)
+            if not snapshot and new_refs is not None:
+                wanted = set(new_refs)
+                pairs = [p for p in pairs if p[0] in wanted]
+            docs = [pb.Downlink.FromString(d) for _, d in pairs]
+        if not docs:
             return False
-        docs = [pb.Downlink.FromString(d) for _, d in pairs]
         try:
             with metrics.timed("edge", "Deliver"):
                 reply = await self.clients.stub(address).Deliver(
@@ -181,11 +241,31 @@ class Dispatcher:
                 extra={"ueSvcId": ue, "edge": route.edge_id, "code": exc.code().name},
             )
             await self.clients.forget(address)
+            self._addresses.pop((route.kind, route.edge_id), None)
+            await self._waiting(ue, docs)
             return False
         if reply.forwarded:
-            await self._mark(ue, docs, "FORWARDED")
-            await self._schedule_retry(ue)
+            await self._forwarded(ue, docs)
+        else:
+            await self._waiting(ue, docs)
         return bool(reply.forwarded)
+
+    async def _waiting(self, rcpt: str, docs: Iterable[pb.Downlink]) -> None:
+        """The documents could not leave (the replica died since the route was read, or no
+        longer holds the UE): their state says STORED, as it would have at acceptance."""
+        await self.store.set_states(_forward_changes(rcpt, docs, "STORED"))
+
+    async def _forwarded(
+        self, rcpt: str, docs: Iterable[pb.Downlink], unlimited: bool = False
+    ) -> None:
+        """The documents left for the recipient: FORWARDED, and a re-send scheduled until it
+        acknowledges them (a doubling delay, a bounded number of times; after that they
+        wait for a UE to show up; an AS, which does not "show up", is retried at the longest
+        delay until the documents expire)."""
+        count = await self.store.forwarded(rcpt, _forward_changes(rcpt, docs))
+        if count <= self.retry.limit or unlimited:
+            delay = backoff_ms(count, self.retry.base_ms, self.retry.max_ms)
+            await self.store.retry_at(rcpt, now_ms() + delay)
 
     async def _dispatch_as(self, rcpt: str, as_id: str) -> bool:
         """POSTs the AS's pending documents in inbox order; stops at the first that must be
@@ -197,7 +277,6 @@ class Dispatcher:
         progressed = False
         for ref, raw in pairs:
             doc = pb.Downlink.FromString(raw)
-            await self._mark(rcpt, [doc], "FORWARDED")
             with metrics.timed("as", "post"):
                 answer = await self.appservers.post(target, doc)
             if answer.outcome is Outcome.RETRY:
@@ -208,9 +287,10 @@ class Dispatcher:
                 if progressed:
                     # It answers again: back-off starts over from the shortest delay.
                     await self.store.clear_retry(rcpt)
-                await self._schedule_retry(rcpt, unlimited=True)
+                await self._forwarded(rcpt, [doc], unlimited=True)
                 return False
             progressed = True
+            await self.store.forwarded(rcpt, _forward_changes(rcpt, [doc]))
             refused = answer.outcome is Outcome.REFUSED
             if refused:
                 log.warning(
@@ -228,40 +308,40 @@ class Dispatcher:
         """The recipient took (or refused for good) one pending document: it leaves the inbox
         and its schedules, the message's state becomes final, and a refusal is reported to a
         sender that asked for reports."""
-        acked = await self.store.ack(rcpt, refs, exact=exact)
+        acked, _ = await self.store.take_pending(rcpt, refs, exact)
+        await self.settled(rcpt, acked, failed=failed, cause=cause)
+        return acked
+
+    async def settled(self, rcpt: str, acked: Acked, *, failed: bool, cause: str) -> None:
+        """The rest of ``complete`` once the document is out of the inbox."""
         if not acked.matched:
-            return acked
-        await self.store.unschedule_expiry(rcpt, acked.ref)
-        if acked.remaining == 0:
-            await self.store.clear_retry(rcpt)
+            return
         doc = pb.Downlink.FromString(acked.doc)
+        change = None
         if doc.WhichOneof("doc") == "msg":
-            accepted_ms = await self.store.set_state(
+            change = StateChange(
                 address_key(doc.msg.ori_addr),
                 doc.msg.msg_id,
                 address_key_of(rcpt),
                 "FAILED" if failed else "DELIVERED",
                 (cause or "REFUSED") if failed else "",
             )
-            if accepted_ms > 1 and not failed:
-                metrics.DELIVERY_LATENCY.observe(max(now_ms() - accepted_ms, 0) / 1000)
-            if accepted_ms and failed and doc.msg.deliv_st_req_ind:
-                # The recipient refused it for good: the sender asked to know.
-                await self.reports.failed(doc.msg, rcpt, cause or "REFUSED")
-        return acked
+        accepted_ms = await self.store.settle(rcpt, acked, change)
+        if change is None:
+            return
+        if accepted_ms > 1 and not failed:
+            metrics.DELIVERY_LATENCY.observe(max(now_ms() - accepted_ms, 0) / 1000)
+        if accepted_ms and failed and doc.msg.deliv_st_req_ind:
+            # The recipient refused it for good: the sender asked to know.
+            await self.reports.failed(doc.msg, rcpt, cause or "REFUSED")
 
-    async def _schedule_retry(self, ue: str, *, unlimited: bool = False) -> None:
-        """Until the UE acknowledges, its documents are sent again with a doubling delay, a
-        bounded number of times; after that they wait for the UE to show up. An AS does not
-        "show up": its documents are retried at the longest delay until they expire."""
-        count = await self.store.count_forward(ue)
-        if count <= self.retry.limit or unlimited:
-            delay = backoff_ms(count, self.retry.base_ms, self.retry.max_ms)
-            await self.store.retry_at(ue, now_ms() + delay)
 
-    async def _mark(self, ue: str, docs: Iterable[pb.Downlink], state: str) -> None:
-        rcpt = address_key_of(ue)
-        for doc in docs:
-            if doc.WhichOneof("doc") == "msg":
-                ori = doc.msg.ori_addr
-                await self.store.set_state(address_key(ori), doc.msg.msg_id, rcpt, state)
+def _forward_changes(
+    rcpt: str, docs: Iterable[pb.Downlink], state: str = "FORWARDED"
+) -> list[StateChange]:
+    rcpt_key = address_key_of(rcpt)
+    return [
+        StateChange(address_key(d.msg.ori_addr), d.msg.msg_id, rcpt_key, state)
+        for d in docs
+        if d.WhichOneof("doc") == "msg"
+    ]

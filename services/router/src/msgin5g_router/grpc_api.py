@@ -21,7 +21,7 @@ from msgin5g_router.dispatch import COAP, MQTT, Dispatcher
 from msgin5g_router.fanout import Fanout
 from msgin5g_router.reports import Reports
 from msgin5g_router.settings import RouterSettings
-from msgin5g_router.store import RouterStore, text_or_none
+from msgin5g_router.store import RouterStore, StateChange, text_or_none
 
 log = logging.getLogger("msgin5g.router")
 
@@ -80,9 +80,13 @@ class RouterServicer(rgrpc.RouterServiceServicer):
         lease moved (or on an explicit wake-up)."""
         changed = await self.store.touch_route(ue, kind, edge_id, self.lease_ms)
         if changed or flush:
-            # The UE is back: its retries start over from the shortest delay.
-            await self.store.clear_retry(ue)
-            self.dispatcher.spawn(ue)
+            await self._came_back(ue)
+
+    async def _came_back(self, ue: str) -> None:
+        """The UE is back: its retries start over from the shortest delay, and what waits
+        for it goes out now."""
+        await self.store.clear_retry(ue)
+        self.dispatcher.spawn(ue)
 
     async def _seen(self, ue: str, kind: str, edge_id: str) -> None:
         """An uplink shows the UE is around. Over MQTT that makes it reachable through this
@@ -112,14 +116,17 @@ class RouterServicer(rgrpc.RouterServiceServicer):
             return _failed(
                 msg.msg_id, Cause.INVALID_REQUEST, f"destAddr.addrType {name} is not served here"
             )
-        registered, known, _ = await self.store.check_parties(ori, rcpt)
-        if not registered:
+        # One round trip: both parties, the recipient's route and (MQTT) the sender's lease.
+        touch = (kind, request.edge.edge_id, self.lease_ms) if kind == MQTT else None
+        parties = await self.store.parties(ori, rcpt, touch)
+        if not parties.ori_registered:
             party = "AS" if from_as else "UE"
             return _failed(
                 msg.msg_id, Cause.NOT_REGISTERED, f"{party} {msg.ori_addr.addr} is not registered"
             )
-        await self._seen(ori, kind, request.edge.edge_id)
-        if not known:
+        if parties.route_changed:
+            await self._came_back(ori)
+        if not parties.rcpt_known:
             return _failed(
                 msg.msg_id,
                 Cause.UNKNOWN_RECIPIENT,
@@ -130,7 +137,14 @@ class RouterServicer(rgrpc.RouterServiceServicer):
         if expiry is None:
             return _failed(msg.msg_id, Cause.EXPIRED, "stoAndFwParams.exprTime is in the past")
         expires_ms, ttl_ms = expiry
-        reachable = await self.dispatcher.reachable(rcpt)
+        target = None
+        if as_of(rcpt) is None:
+            target = await self.dispatcher.resolve(
+                rcpt, parties.route, parties.transport, known=True
+            )
+            reachable = target is not None
+        else:
+            reachable = bool(parties.as_target)
         sto_and_fw = msg.sto_and_fw_ind if msg.HasField("sto_and_fw_ind") else True
         if not reachable and not sto_and_fw:
             return _failed(
@@ -146,28 +160,37 @@ class RouterServicer(rgrpc.RouterServiceServicer):
         created, earlier, finished = await self.store.accept(
             ori_key, msg.msg_id, doc, rcpt_key, ttl_ms, expires_ms
         )
+        outcome = "ACCEPTED" if reachable else "STORED"
         if not finished:
             # Also on a duplicate that is still under way: it repairs a record whose enqueue
             # a crash interrupted (the enqueue and the schedule are idempotent).
-            await self.store.enqueue(rcpt, ref, doc, domain.priority_rank(msg.priority))
-            await self.store.schedule_expiry(rcpt, ref, expires_ms)
+            await self.store.store_pending(
+                rcpt,
+                ref,
+                doc,
+                domain.priority_rank(msg.priority),
+                expires_ms,
+                outcome=(ori_key, msg.msg_id, outcome) if created else None,
+                state=(
+                    StateChange(ori_key, msg.msg_id, rcpt_key, "STORED")
+                    if created and not reachable
+                    else None
+                ),
+            )
         if not created:
-            log.info("duplicate", extra={"msgId": msg.msg_id, "ori": ori_key, "outcome": earlier})
+            log.debug("duplicate", extra={"msgId": msg.msg_id, "ori": ori_key, "outcome": earlier})
             return rpb.SubmitMessageResponse(
                 msg_id=msg.msg_id,
                 result=RESULT.get(earlier, pb.MSG_RESULT_ACCEPTED),
                 failure_cause=Cause.DUPLICATE.value,
             )
-        outcome = "ACCEPTED" if reachable else "STORED"
-        await self.store.set_outcome(ori_key, msg.msg_id, outcome)
-        if not reachable:
-            await self.store.set_state(ori_key, msg.msg_id, rcpt_key, "STORED")
-        log.info(
+        # Per message: DEBUG (the state API and the metrics tell what happened to each one).
+        log.debug(
             "accepted",
             extra={"msgId": msg.msg_id, "ori": ori_key, "rcpt": rcpt_key, "outcome": outcome},
         )
         if reachable:
-            self.dispatcher.spawn(rcpt, [ref])
+            self.dispatcher.spawn(rcpt, [ref], target=target, docs=[pb.Downlink(msg=msg)])
         return rpb.SubmitMessageResponse(msg_id=msg.msg_id, result=RESULT[outcome])
 
     def _expiry(self, msg: pb.Message) -> tuple[int, int] | None:
@@ -246,7 +269,6 @@ class RouterServicer(rgrpc.RouterServiceServicer):
     ) -> rpb.AcknowledgeResponse:
         ue = request.ue_svc_id
         kind = await self._edge_kind(request.edge, context)
-        await self._seen(ue, kind, request.edge.edge_id)
         if request.ori_addr.addr:
             refs = [
                 domain.msg_ref(request.ori_addr, request.msg_id),
@@ -255,16 +277,17 @@ class RouterServicer(rgrpc.RouterServiceServicer):
             exact = True
         else:
             refs, exact = [domain.ack_refs(request.msg_id, None)], False
-        acked = await self.dispatcher.complete(
-            ue,
-            refs,
-            exact=exact,
-            failed=request.result == pb.MSG_RESULT_FAILED,
-            cause=request.failure_cause,
+        # One round trip takes the document and (MQTT) refreshes the UE's lease.
+        touch = (kind, request.edge.edge_id, self.lease_ms) if kind == MQTT else None
+        acked, moved = await self.store.take_pending(ue, refs, exact, touch)
+        if moved:
+            await self._came_back(ue)
+        await self.dispatcher.settled(
+            ue, acked, failed=request.result == pb.MSG_RESULT_FAILED, cause=request.failure_cause
         )
         if not acked.matched:
             return rpb.AcknowledgeResponse(matched=False)
-        log.info("delivered", extra={"msgId": request.msg_id, "ueSvcId": ue, "ref": acked.ref})
+        log.debug("delivered", extra={"msgId": request.msg_id, "ueSvcId": ue, "ref": acked.ref})
         if kind == COAP and acked.remaining > 0:
             # A notification shows only the first pending documents (bounded by count and by
             # size): each acknowledgement lets the observer see what comes next.
@@ -327,8 +350,13 @@ class RouterServicer(rgrpc.RouterServiceServicer):
             return _report_failed(
                 Cause.INVALID_REQUEST, f"the sender of {imdn.msg_id} asked for no delivery report"
             )
-        await self.store.set_report(sender, imdn.msg_id, reporter, imdn.deliv_st)
+        if text_or_none(record.get(f"rep:{reporter}")):
+            # The same report again (a client's retry): the sender has it, or will, once.
+            log.debug("duplicate report", extra={"msgId": imdn.msg_id, "reporter": reporter})
+            return rpb.SubmitReportResponse(ok=True)
+        # Queued before it is noted: a crash in between repeats a report, never loses one.
         await self.reports.deliver(imdn)
+        await self.store.set_report(sender, imdn.msg_id, reporter, imdn.deliv_st)
         log.info("report", extra={"msgId": imdn.msg_id, "reporter": reporter, "ori": sender})
         return rpb.SubmitReportResponse(ok=True)
 

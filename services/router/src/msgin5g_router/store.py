@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
-from msgin5g_common.keys import Keys
+from msgin5g_common.keys import Keys, as_of
 
 # Separates the UE from the inbox ref in the expiry schedule: a UE id never contains it, so
 # the first one is the split even though refs contain it too.
@@ -154,6 +157,29 @@ class Acked:
     doc: bytes = b""
 
 
+@dataclass(frozen=True, slots=True)
+class Parties:
+    """What acceptance needs to know about a message's two parties, read in one round trip."""
+
+    ori_registered: bool
+    rcpt_known: bool
+    transport: str | None
+    route: Route | None
+    route_changed: bool
+    as_target: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    """A recipient's state in a message record moves forward (``set_state``)."""
+
+    ori: str
+    msg_id: str
+    rcpt: str
+    state: str
+    cause: str = ""
+
+
 class RouterStore:
     def __init__(self, redis: Redis, keys: Keys) -> None:
         self.redis = redis
@@ -167,18 +193,81 @@ class RouterStore:
         self._detach_route = redis.register_script(_DETACH_ROUTE)
         self._remove = redis.register_script(_REMOVE)
         self._lock = redis.register_script(_LOCK)
+        self._scripts = [
+            self._accept,
+            self._enqueue,
+            self._ack,
+            self._set_state,
+            self._touch_route,
+            self._renew_route,
+            self._detach_route,
+            self._remove,
+            self._lock,
+        ]
+
+    # -- pipelines ---------------------------------------------------------------------------
+
+    def _queue(self, pipe: Any, script: AsyncScript, keys: list[str], args: list[Any]) -> None:
+        """Queues a script by its SHA: redis-py's own pipelined scripts ask Redis whether
+        they exist before every pipeline, a round trip per message on the hot path."""
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+
+    async def _execute(self, build: Callable[[Any], None]) -> list[Any]:
+        """Runs a non-transactional pipeline that ``build`` fills. A Redis that lost its
+        script cache (a restart) answers NOSCRIPT: the scripts are loaded and the pipeline
+        runs again (every step in these pipelines is idempotent or only counts)."""
+        for attempt in range(2):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                build(pipe)
+                try:
+                    replies: list[Any] = await pipe.execute()
+                except NoScriptError:
+                    if attempt:
+                        raise
+                else:
+                    return replies
+            for script in self._scripts:
+                await self.redis.script_load(script.script)
+        raise AssertionError("unreachable")
 
     # -- registrations (read-only: the registry owns them) -----------------------------------
 
-    async def check_parties(self, ori: str, rcpt: str) -> tuple[bool, bool, str | None]:
-        """(originator registered, recipient known, recipient's registered transport), for
-        recipient ids of UEs and ASs."""
-        async with self.redis.pipeline(transaction=False) as pipe:
+    async def parties(
+        self, ori: str, rcpt: str, touch: tuple[str, str, int] | None = None
+    ) -> Parties:
+        """The parties of a P2P/P2A/A2P message in one round trip; ``touch`` (kind, edge id,
+        TTL ms) also points the originator's lease at the edge it came through."""
+        as_id = as_of(rcpt)
+
+        def build(pipe: Any) -> None:
             pipe.exists(self.keys.registration(ori))
             pipe.exists(self.keys.known(rcpt))
             pipe.hget(self.keys.registration(rcpt), "transport")
-            ori_reg, rcpt_known, transport = await pipe.execute()
-        return bool(ori_reg), bool(rcpt_known) or transport is not None, text_or_none(transport)
+            if as_id is None:
+                pipe.hmget(self.keys.route(rcpt), ["kind", "edge"])
+            else:
+                pipe.hget(self.keys.as_reg(as_id), "targetUri")
+            if touch is not None:
+                self._queue(pipe, self._touch_route, [self.keys.route(ori)], list(touch))
+
+        replies = await self._execute(build)
+        ori_reg, rcpt_known, transport, where = replies[:4]
+        route = None
+        target = None
+        if as_id is None:
+            kind, edge = where
+            if kind is not None and edge is not None:
+                route = Route(as_text(kind), as_text(edge))
+        else:
+            target = text_or_none(where)
+        return Parties(
+            ori_registered=bool(ori_reg),
+            rcpt_known=bool(rcpt_known) or transport is not None,
+            transport=text_or_none(transport),
+            route=route,
+            route_changed=touch is not None and bool(replies[4]),
+            as_target=target,
+        )
 
     async def is_registered(self, rcpt: str) -> bool:
         return bool(await self.redis.exists(self.keys.registration(rcpt)))
@@ -217,6 +306,105 @@ class RouterStore:
         )
         return bool(created), text_or_none(outcome) or "", bool(final)
 
+    async def store_pending(
+        self,
+        rcpt: str,
+        ref: str,
+        doc: bytes,
+        rank: int,
+        expires_ms: int,
+        *,
+        outcome: tuple[str, str, str] | None = None,
+        state: StateChange | None = None,
+    ) -> None:
+        """Enqueues a document and schedules its expiry, and optionally sets the message's
+        outcome (ori, msgId, outcome) and a recipient state: one round trip, each step
+        idempotent (a retried or duplicate submission repeats them harmlessly)."""
+
+        def build(pipe: Any) -> None:
+            self._queue(
+                pipe,
+                self._enqueue,
+                [self.keys.inbox(rcpt), self.keys.docs(rcpt), self.keys.seq(rcpt)],
+                [ref, doc, rank],
+            )
+            pipe.zadd(self.keys.expiry(), {f"{rcpt}{SEP}{ref}": expires_ms})
+            if outcome is not None:
+                pipe.hset(self.keys.message(outcome[0], outcome[1]), "outcome", outcome[2])
+            if state is not None:
+                self._queue_state(pipe, state)
+
+        await self._execute(build)
+
+    def _queue_state(self, pipe: Any, change: StateChange) -> None:
+        self._queue(
+            pipe,
+            self._set_state,
+            [self.keys.message(change.ori, change.msg_id)],
+            [f"st:{change.rcpt}", change.state, now_ms(), change.cause],
+        )
+
+    async def set_states(self, changes: list[StateChange]) -> None:
+        def build(pipe: Any) -> None:
+            for change in changes:
+                self._queue_state(pipe, change)
+
+        if changes:
+            await self._execute(build)
+
+    async def forwarded(self, rcpt: str, changes: list[StateChange]) -> int:
+        """Records that documents left for the recipient (their states become FORWARDED)
+        and counts one more forward without an acknowledgement; returns the count."""
+
+        def build(pipe: Any) -> None:
+            for change in changes:
+                self._queue_state(pipe, change)
+            pipe.incr(self.keys.retry_count(rcpt))
+            pipe.expire(self.keys.retry_count(rcpt), 7 * 86400)
+
+        replies = await self._execute(build)
+        return int(replies[len(changes)])
+
+    async def take_pending(
+        self, rcpt: str, refs: list[str], exact: bool, touch: tuple[str, str, int] | None = None
+    ) -> tuple[Acked, bool]:
+        """``ack`` and, with ``touch``, the recipient's lease refresh, in one round trip:
+        (what was acknowledged, whether the lease moved)."""
+
+        def build(pipe: Any) -> None:
+            self._queue(
+                pipe,
+                self._ack,
+                [self.keys.inbox(rcpt), self.keys.docs(rcpt)],
+                ["exact" if exact else "suffix", *refs],
+            )
+            if touch is not None:
+                self._queue(pipe, self._touch_route, [self.keys.route(rcpt)], list(touch))
+
+        replies = await self._execute(build)
+        result = replies[0]
+        moved = touch is not None and bool(replies[1])
+        if not result[0]:
+            return Acked(False, int(result[1])), moved
+        acked = Acked(True, int(result[1]), text_or_none(result[2]) or "", _bytes(result[3]))
+        return acked, moved
+
+    async def settle(self, rcpt: str, acked: Acked, change: StateChange | None) -> int:
+        """After ``take_pending``: the document leaves the expiry schedule, the retry state
+        goes when nothing is pending any more, and the message's state moves on. Returns
+        what ``set_state`` returns (0 without a change)."""
+
+        def build(pipe: Any) -> None:
+            pipe.zrem(self.keys.expiry(), f"{rcpt}{SEP}{acked.ref}")
+            if acked.remaining == 0:
+                pipe.delete(self.keys.retry_count(rcpt))
+                pipe.zrem(self.keys.retry(), rcpt)
+            if change is not None:
+                self._queue_state(pipe, change)
+
+        replies = await self._execute(build)
+        return int(replies[-1]) if change is not None else 0
+
     async def set_outcome(self, ori: str, msg_id: str, outcome: str) -> None:
         await self.redis.hset(self.keys.message(ori, msg_id), "outcome", outcome)
 
@@ -250,13 +438,8 @@ class RouterStore:
     async def ack(self, ue: str, refs: list[str], exact: bool) -> Acked:
         """Removes the first pending document among ``refs`` (exact), or the first in inbox
         order whose ref ends with ``refs[0]`` (suffix)."""
-        result = await self._ack(
-            keys=[self.keys.inbox(ue), self.keys.docs(ue)],
-            args=["exact" if exact else "suffix", *refs],
-        )
-        if not result[0]:
-            return Acked(False, int(result[1]))
-        return Acked(True, int(result[1]), text_or_none(result[2]) or "", _bytes(result[3]))
+        acked, _ = await self.take_pending(ue, refs, exact)
+        return acked
 
     async def remove_pending(self, ue: str, ref: str) -> bytes | None:
         doc = await self._remove(keys=[self.keys.inbox(ue), self.keys.docs(ue)], args=[ref])
@@ -292,12 +475,6 @@ class RouterStore:
             ue, _, ref = (text_or_none(member) or "").partition(SEP)
             pairs.append((ue, ref))
         return pairs
-
-    async def count_forward(self, ue: str) -> int:
-        """Counts one more forward of the UE's documents without an acknowledgement."""
-        count = int(await self.redis.incr(self.keys.retry_count(ue)))
-        await self.redis.expire(self.keys.retry_count(ue), 7 * 86400)
-        return count
 
     async def retry_at(self, ue: str, when_ms: int) -> None:
         await self.redis.zadd(self.keys.retry(), {ue: when_ms})
@@ -355,12 +532,11 @@ class RouterStore:
         return bool(changed)
 
     async def renew_routes(self, ues: list[str], edge_id: str, ttl_ms: int) -> None:
-        async with self.redis.pipeline(transaction=False) as pipe:
+        def build(pipe: Any) -> None:
             for ue in ues:
-                await self._renew_route(
-                    keys=[self.keys.route(ue)], args=[edge_id, ttl_ms], client=pipe
-                )
-            await pipe.execute()
+                self._queue(pipe, self._renew_route, [self.keys.route(ue)], [edge_id, ttl_ms])
+
+        await self._execute(build)
 
     async def detach_route(self, ue: str, edge_id: str) -> None:
         await self._detach_route(keys=[self.keys.route(ue)], args=[edge_id])
