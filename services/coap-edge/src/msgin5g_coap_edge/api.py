@@ -16,6 +16,7 @@ from aiocoap import Message, interfaces, resource
 from aiocoap.numbers.codes import Code
 from aiocoap.numbers.contentformat import ContentFormat
 
+from msgin5g_coap_edge.push import Pusher
 from msgin5g_common import header as h
 from msgin5g_common import metrics
 from msgin5g_common.errors import (
@@ -98,9 +99,16 @@ class Observers:
 
 
 class CoapApi(resource.Resource, interfaces.ObservableResource, resource.PathCapable):  # type: ignore[misc]
-    def __init__(self, handler: UplinkHandler, max_payload: int, notification_bytes: int) -> None:
+    def __init__(
+        self,
+        handler: UplinkHandler,
+        max_payload: int,
+        notification_bytes: int,
+        push_timeout: float = 10.0,
+    ) -> None:
         super().__init__()
         self.handler = handler
+        self.pusher = Pusher(handler, push_timeout)
         self.max_payload = max_payload
         self.notification_bytes = notification_bytes
         self._tasks: set[asyncio.Task[None]] = set()
@@ -177,19 +185,30 @@ class CoapApi(resource.Resource, interfaces.ObservableResource, resource.PathCap
         doc = self._decode(request)
         if not isinstance(doc, h.Reg):
             raise InvalidDocument("msgType: /reg takes REG")
+        push = doc.delivery_mode is h.DeliveryMode.PUSH
+        if push:
+            # Known before the registry answers: the registration attaches the UE to this
+            # replica and its waiting documents come right away, by push.
+            self.pusher.remember(doc.ue_svc_id, request.remote)
+        else:
+            self.pusher.forget(doc.ue_svc_id)
         reply = await self.handler.handle(doc)
         response = self._reply_message(reply, Code.CREATED)
         if reply.cause is None:
             response.opt.location_path = ("reg", doc.ue_svc_id)
+        elif push:
+            self.pusher.forget(doc.ue_svc_id)
         return response
 
     async def _deregister(self, ue: str) -> Message:
+        self.pusher.forget(ue)
         return self._reply_message(await self.handler.handle(h.Dereg(ue)), Code.DELETED)
 
     async def _uplink(self, request: Message) -> Message:
         doc = self._decode(request)
         if isinstance(doc, h.Reg | h.Dereg):
             raise InvalidDocument(f"msgType: {type(doc).__name__.upper()} goes to /reg")
+        self.pusher.refresh(h.sender_of(doc), request.remote)
         return self._reply_message(await self.handler.handle(doc), Code.CHANGED)
 
     async def _inbox(self, ue: str, observe: bool) -> Message:
@@ -253,7 +272,9 @@ class CoapApi(resource.Resource, interfaces.ObservableResource, resource.PathCap
         if notified:
             for doc in docs:
                 metrics.MESSAGES.labels("out", type(doc).__name__.upper(), "coap").inc()
-        return notified
+            return True
+        # No observation here: a push UE gets its documents by CoAP POST.
+        return self.pusher.push(ue, docs)
 
     def _unsubscribe_later(self, key: str) -> None:
         ue, topic = key.split(SEP, 1)

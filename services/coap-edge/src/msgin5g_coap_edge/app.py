@@ -47,7 +47,7 @@ async def _renew_leases(api: CoapApi, handler: UplinkHandler, interval: float) -
     while True:
         await asyncio.sleep(interval)
         topic_ues = {key.split(SEP, 1)[0] for key in api.topic_observers.ues()}
-        ues = sorted(set(api.observers.ues()) | topic_ues)
+        ues = sorted(set(api.observers.ues()) | topic_ues | set(api.pusher.ues()))
         for start in range(0, len(ues), 1000):
             try:
                 await handler.renew(ues[start : start + 1000])
@@ -62,8 +62,10 @@ async def serve(settings: CoapEdgeSettings, stop: asyncio.Event) -> None:
     handler = UplinkHandler(
         settings.registry_addr, settings.router_addr, edge, settings.grpc_timeout
     )
-    api = CoapApi(handler, settings.max_payload, settings.coap_notification_bytes)
-    handler.observed = api.observers.holds
+    api = CoapApi(
+        handler, settings.max_payload, settings.coap_notification_bytes, settings.push_timeout
+    )
+    handler.observed = lambda ue: api.observers.holds(ue) or api.pusher.holds(ue)
 
     redis = redisutil.connect(settings.redis_url)
     if not await redisutil.wait_until_up(redis, stop):
@@ -82,6 +84,7 @@ async def serve(settings: CoapEdgeSettings, stop: asyncio.Event) -> None:
         api, bind=(settings.coap_host, settings.coap_port), transports=["udp6"]
     )
     coap_port = _bound_port(context, settings.coap_port)
+    api.pusher.context = context
 
     heartbeat = Heartbeat(
         redis,
@@ -107,6 +110,7 @@ async def serve(settings: CoapEdgeSettings, stop: asyncio.Event) -> None:
     with contextlib.suppress(asyncio.CancelledError):
         await renew
     await heartbeat.stop()
+    await api.pusher.close()
     await context.shutdown()
     await grpc_server.stop()
     await handler.close()

@@ -13,3 +13,6 @@ class CoapEdgeSettings(EdgeSettings):
     coap_notification_bytes: int = 1024
     # Seconds between renewals of the route leases of the UEs observing on this replica.
     lease_renew_interval: float = 60.0
+    # Seconds a push (a CoAP POST to a UE registered with deliveryMode push) may take,
+    # retransmissions included, before the document is left for a later inbox GET.
+    push_timeout: float = 10.0
