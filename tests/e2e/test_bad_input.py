@@ -34,7 +34,14 @@ def _coap_cases(ori: str, dest: str) -> list[tuple[str, bytes, int | None, str, 
     no_id = {k: v for k, v in ok.items() if k != "msgId"}
     return [
         ("malformed json", b'{"msgType": "MSG",', 50, "4.00", "INVALID_REQUEST: not a JSON"),
-        ("not an object", b"[1, 2]", 50, "4.00", "INVALID_REQUEST: the document must be"),
+        ("not an object", b'"text"', 50, "4.00", "INVALID_REQUEST: the document must be"),
+        (
+            "an array of non-documents",
+            b"[1, 2]",
+            50,
+            "4.00",
+            "INVALID_REQUEST: every item of an aggregated document",
+        ),
         ("missing msgId", json.dumps(no_id).encode(), 50, "4.00", "INVALID_REQUEST: msgId"),
         (
             "wrong type",

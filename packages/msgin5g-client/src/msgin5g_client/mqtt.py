@@ -102,17 +102,22 @@ class MqttUe:
             raw = message.payload
             data = raw if isinstance(raw, bytes | bytearray) else str(raw).encode()
             try:
-                doc = h.decode_any(bytes(data))
+                docs = _documents(bytes(data))
             except InvalidDocument:
                 continue
-            if isinstance(doc, h.Msg | h.Imdn):
-                await self._downlink.put(doc)
-                continue
-            waiter = self._waiters.pop(_answer_key(doc), None)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(doc)
-            else:
-                await self._answers.put(doc)
+            for doc in docs:
+                await self._sort(doc)
+
+    async def _sort(self, doc: h.Document) -> None:
+        """A downlink document goes to the receive queue, an answer to whoever waits for it."""
+        if isinstance(doc, h.Msg | h.Imdn):
+            await self._downlink.put(doc)
+            return
+        waiter = self._waiters.pop(_answer_key(doc), None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(doc)
+        else:
+            await self._answers.put(doc)
 
     # -- raw access -------------------------------------------------------------------------------
 
@@ -237,3 +242,10 @@ def _answer_key(doc: h.Document) -> tuple[str, str]:
         case h.SubResp():
             return "UNSUBRESP" if doc.unsub else "SUBRESP", doc.ue_svc_id
     return type(doc).__name__, ""
+
+
+def _documents(data: bytes) -> list[h.Document]:
+    """A downlink publish: one document, or an aggregated one (a JSON array of them)."""
+    if data.lstrip()[:1] == b"[":
+        return h.decode_downlink_list(data)
+    return [h.decode_any(data)]

@@ -17,8 +17,8 @@ from aiocoap.numbers.codes import Code
 from aiocoap.numbers.contentformat import ContentFormat
 
 from msgin5g_coap_edge.push import Pusher
+from msgin5g_common import aggregate, metrics
 from msgin5g_common import header as h
-from msgin5g_common import metrics
 from msgin5g_common.errors import (
     COAP_CODE,
     Cause,
@@ -27,7 +27,7 @@ from msgin5g_common.errors import (
     PayloadTooLarge,
     UnsupportedContentFormat,
 )
-from msgin5g_common.uplink import Reply, UplinkHandler
+from msgin5g_common.uplink import Reply, UplinkHandler, failure_reply
 
 log = logging.getLogger("msgin5g.coap_edge")
 
@@ -205,11 +205,35 @@ class CoapApi(resource.Resource, interfaces.ObservableResource, resource.PathCap
         return self._reply_message(await self.handler.handle(h.Dereg(ue)), Code.DELETED)
 
     async def _uplink(self, request: Message) -> Message:
+        limit = aggregate.MAX_UPLINK_ITEMS * (self.max_payload + HEADER_ALLOWANCE)
+        items = aggregate.split_uplink(request.payload, limit)
+        if items is not None:
+            return await self._aggregated(request, items)
         doc = self._decode(request)
         if isinstance(doc, h.Reg | h.Dereg):
             raise InvalidDocument(f"msgType: {type(doc).__name__.upper()} goes to /reg")
         self.pusher.refresh(h.sender_of(doc), request.remote)
         return self._reply_message(await self.handler.handle(doc), Code.CHANGED)
+
+    async def _aggregated(self, request: Message, items: list[bytes]) -> Message:
+        """An aggregated uplink document: each document as if POSTed alone, in order; the
+        answer is 2.04 with the JSON array of their answers (failures included)."""
+        fmt = request.opt.content_format
+        if fmt is not None and fmt != JSON:
+            raise UnsupportedContentFormat(f"Content-Format {int(fmt)}: only 50 (application/json)")
+        answers = []
+        for item in items:
+            try:
+                doc = h.decode_uplink(item, max_payload=self.max_payload)
+                if isinstance(doc, h.Reg | h.Dereg):
+                    raise InvalidDocument(f"msgType: {type(doc).__name__.upper()} goes to /reg")
+                self.pusher.refresh(h.sender_of(doc), request.remote)
+                reply = await self.handler.handle(doc)
+            except Msgin5gError as err:
+                reply = failure_reply(item, err)
+            if reply.doc is not None:
+                answers.append(h.encode(reply.doc))
+        return json_message(Code.CHANGED, aggregate.join(answers))
 
     async def _inbox(self, ue: str, observe: bool) -> Message:
         if observe:

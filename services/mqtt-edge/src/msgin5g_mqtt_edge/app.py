@@ -8,8 +8,7 @@ import logging
 from msgin5g.v1 import common_pb2 as pb
 from msgin5g.v1 import edge_pb2 as epb
 from msgin5g.v1 import edge_pb2_grpc as egrpc
-from msgin5g_common import convert, metrics, redisutil, service
-from msgin5g_common import header as h
+from msgin5g_common import aggregate, convert, metrics, redisutil, service
 from msgin5g_common.edges import Heartbeat, default_edge_id
 from msgin5g_common.grpcutil import Context, GrpcServer, host_of
 from msgin5g_common.keys import Keys
@@ -21,9 +20,10 @@ log = logging.getLogger("msgin5g.mqtt_edge")
 
 
 class EdgeServicer(egrpc.EdgeServiceServicer):
-    def __init__(self, bridge: MqttBridge, edge_id: str) -> None:
+    def __init__(self, bridge: MqttBridge, edge_id: str, aggregate_bytes: int) -> None:
         self.bridge = bridge
         self.edge_id = edge_id
+        self.aggregate_bytes = aggregate_bytes
 
     async def Deliver(  # noqa: N802 - gRPC method names are the proto's
         self, request: epb.DeliverRequest, context: Context
@@ -34,10 +34,12 @@ class EdgeServicer(egrpc.EdgeServiceServicer):
                 extra={"ueSvcId": request.ue_svc_id, "meant": request.edge_id},
             )
             return epb.DeliverResponse(forwarded=False)
-        for doc in request.docs:
-            payload = h.encode(convert.downlink_from_pb(doc))
+        docs = [convert.downlink_from_pb(doc) for doc in request.docs]
+        # Several pending documents (a UE coming back) leave as few aggregated ones.
+        for payload in aggregate.pack(docs, self.aggregate_bytes):
             if not await self.bridge.publish(request.ue_svc_id, payload):
                 return epb.DeliverResponse(forwarded=False)
+        for doc in request.docs:
             metrics.MESSAGES.labels("out", doc.WhichOneof("doc") or "", "mqtt").inc()
         return epb.DeliverResponse(forwarded=True)
 
@@ -57,7 +59,9 @@ async def serve(settings: MqttEdgeSettings, stop: asyncio.Event) -> None:
         return
     grpc_server = GrpcServer(["msgin5g.v1.EdgeService"])
     grpc_server.add(
-        lambda s: egrpc.add_EdgeServiceServicer_to_server(EdgeServicer(bridge, edge_id), s)
+        lambda s: egrpc.add_EdgeServiceServicer_to_server(
+            EdgeServicer(bridge, edge_id, settings.mqtt_aggregate_bytes), s
+        )
     )
     grpc_port = await grpc_server.start(settings.edge_grpc_bind)
     advertise = settings.edge_advertise_addr or f"{host_of(settings.edge_grpc_bind)}:{grpc_port}"

@@ -20,6 +20,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from msgin5g_common import aggregate
 from msgin5g_common import header as h
 from msgin5g_common.errors import InvalidDocument, Msgin5gError, NotAuthorized, PayloadTooLarge
 from msgin5g_common.uplink import Reply, UplinkHandler, failure_reply
@@ -152,9 +153,25 @@ class MqttBridge:
         if ue is None:
             log.warning("uplink on an unusable topic", extra={"topic": topic})
             return
-        reply = await self._serve(ue, payload)
-        if reply.doc is not None:
-            await self.publish(ue, h.encode(reply.doc))
+        refused: Reply | None = None
+        try:
+            limit = aggregate.MAX_UPLINK_ITEMS * (self.settings.max_payload + HEADER_ALLOWANCE)
+            items = aggregate.split_uplink(payload, limit)
+        except Msgin5gError as err:
+            items, refused = None, failure_reply(payload, err, ue)
+        if items is None:
+            reply = refused or await self._serve(ue, payload)
+            if reply.doc is not None:
+                await self.publish(ue, h.encode(reply.doc))
+            return
+        # An aggregated uplink document: each as if sent alone, the answers in one array.
+        answers = []
+        for item in items:
+            reply = await self._serve(ue, item)
+            if reply.doc is not None:
+                answers.append(h.encode(reply.doc))
+        if answers:
+            await self.publish(ue, aggregate.join(answers))
 
     async def _serve_group(self, group: str, payload: bytes) -> None:
         """A MSG on the group topic: ``destAddr`` may be left out (the topic names the group);

@@ -22,3 +22,6 @@ class MqttEdgeSettings(EdgeSettings):
     mqtt_keepalive: int = 30
     # Uplink documents handled in parallel (documents of one UE stay in order).
     mqtt_workers: int = 32
+    # Largest aggregated downlink document (a JSON array of MSG/IMDN documents), in bytes:
+    # what waits for a UE that comes back leaves in few publishes (aggregate.py).
+    mqtt_aggregate_bytes: int = 4096
