@@ -520,6 +520,13 @@ def _parse_object(data: bytes | str) -> dict[str, Any]:
     return obj
 
 
+def document_limit(max_payload: int) -> int:
+    """The largest document worth parsing for a payload limit: the payload can take six
+    bytes per byte in JSON (``\\u00fc`` for one UTF-8 byte pair, escapes of controls), plus
+    the header fields. The payload itself is checked exactly once parsed."""
+    return 6 * max_payload + 4096
+
+
 def decode_uplink(data: bytes | str, *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> Uplink:
     """Decodes one uplink document (REG, DEREG, MSG, MSGRESP, IMDN, SUB, UNSUB)."""
     doc: Uplink = _decode_object(_parse_object(data), max_payload, _UPLINK)

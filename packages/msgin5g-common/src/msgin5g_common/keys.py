@@ -28,6 +28,9 @@ one recipient stays in one slot.
 | ``<p>:as:{id}:known`` | string | registry | the AS has registered once (no TTL) |
 | ``<p>:as:{id}:reg`` | hash | registry | the AS's registration: registrationId, targetUri, appId, profile |
 | ``<p>:asreg:<registrationId>`` | string | registry | registrationId -> asSvcId |
+| ``<p>:seg:{ori}:<segId>`` | hash | router | an uplink message being reassembled: its segments by number, the total |
+| ``<p>:seg:{ori}:open`` | set | router | the originator's reassemblies under way (bounded) |
+| ``<p>:segexp`` | sorted set | router | ``<ori>\x1f<segId>`` by reassembly deadline (ms), for the sweeper |
 
 **Recipients.** The router keeps the pending documents of an application server exactly as
 those of a UE: inbox, docs, seq, retry and the schedules, under the recipient id
@@ -133,6 +136,15 @@ class Keys:
         """The live registration of a recipient id (UE or AS)."""
         as_id = as_of(rcpt)
         return self.ue_reg(rcpt) if as_id is None else self.as_reg(as_id)
+
+    def reassembly(self, ori: str, seg_id: str) -> str:
+        return f"{self.prefix}:seg:{{{ori}}}:{seg_id}"
+
+    def reassemblies(self, ori: str) -> str:
+        return f"{self.prefix}:seg:{{{ori}}}:open"
+
+    def reassembly_deadlines(self) -> str:
+        return f"{self.prefix}:segexp"
 
     def edge(self, kind: str, edge_id: str) -> str:
         return f"{self.prefix}:edge:{kind}:{edge_id}"

@@ -32,8 +32,6 @@ from msgin5g_common.uplink import Reply, UplinkHandler, failure_reply
 log = logging.getLogger("msgin5g.coap_edge")
 
 JSON = ContentFormat.JSON
-# A document is its payload plus the header fields; anything far above is refused unparsed.
-HEADER_ALLOWANCE = 4096
 
 
 class NotFound(Msgin5gError):
@@ -177,7 +175,7 @@ class CoapApi(resource.Resource, interfaces.ObservableResource, resource.PathCap
         fmt = request.opt.content_format
         if fmt is not None and fmt != JSON:
             raise UnsupportedContentFormat(f"Content-Format {int(fmt)}: only 50 (application/json)")
-        if len(request.payload) > self.max_payload + HEADER_ALLOWANCE:
+        if len(request.payload) > h.document_limit(self.max_payload):
             raise PayloadTooLarge(f"document of {len(request.payload)} bytes")
         return h.decode_uplink(request.payload, max_payload=self.max_payload)
 
@@ -205,7 +203,7 @@ class CoapApi(resource.Resource, interfaces.ObservableResource, resource.PathCap
         return self._reply_message(await self.handler.handle(h.Dereg(ue)), Code.DELETED)
 
     async def _uplink(self, request: Message) -> Message:
-        limit = aggregate.MAX_UPLINK_ITEMS * (self.max_payload + HEADER_ALLOWANCE)
+        limit = aggregate.MAX_UPLINK_ITEMS * h.document_limit(self.max_payload)
         items = aggregate.split_uplink(request.payload, limit)
         if items is not None:
             return await self._aggregated(request, items)

@@ -28,7 +28,6 @@ from msgin5g_mqtt_edge.settings import MqttEdgeSettings
 
 log = logging.getLogger("msgin5g.mqtt_edge")
 
-HEADER_ALLOWANCE = 4096
 RECONNECT_MIN, RECONNECT_MAX = 0.2, 10.0
 
 
@@ -155,7 +154,7 @@ class MqttBridge:
             return
         refused: Reply | None = None
         try:
-            limit = aggregate.MAX_UPLINK_ITEMS * (self.settings.max_payload + HEADER_ALLOWANCE)
+            limit = aggregate.MAX_UPLINK_ITEMS * h.document_limit(self.settings.max_payload)
             items = aggregate.split_uplink(payload, limit)
         except Msgin5gError as err:
             items, refused = None, failure_reply(payload, err, ue)
@@ -179,7 +178,7 @@ class MqttBridge:
         try:
             if not h.valid_id(group):
                 raise InvalidDocument(f"topic: {group!r} is not a Group Service ID")
-            if len(payload) > self.settings.max_payload + HEADER_ALLOWANCE:
+            if len(payload) > h.document_limit(self.settings.max_payload):
                 raise PayloadTooLarge(f"document of {len(payload)} bytes")
             doc = h.decode_uplink(
                 with_group_destination(payload, group), max_payload=self.settings.max_payload
@@ -201,7 +200,7 @@ class MqttBridge:
 
     async def _serve(self, ue: str, payload: bytes) -> Reply:
         try:
-            if len(payload) > self.settings.max_payload + HEADER_ALLOWANCE:
+            if len(payload) > h.document_limit(self.settings.max_payload):
                 raise PayloadTooLarge(f"document of {len(payload)} bytes")
             doc = h.decode_uplink(payload, max_payload=self.settings.max_payload)
             named = h.sender_of(doc)

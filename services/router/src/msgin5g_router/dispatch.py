@@ -25,7 +25,7 @@ from msgin5g_common import metrics
 from msgin5g_common.grpcutil import channel
 from msgin5g_common.keys import address_key_of, as_of
 from msgin5g_router.appservers import AppServers, Outcome
-from msgin5g_router.domain import address_key, backoff_ms
+from msgin5g_router.domain import address_key, backoff_ms, parent_msg_id
 from msgin5g_router.reports import Reports
 from msgin5g_router.store import Acked, Route, RouterStore, StateChange, now_ms
 
@@ -319,13 +319,18 @@ class Dispatcher:
         doc = pb.Downlink.FromString(acked.doc)
         change = None
         if doc.WhichOneof("doc") == "msg":
+            ori, msg_id = address_key(doc.msg.ori_addr), parent_msg_id(doc.msg)
             change = StateChange(
-                address_key(doc.msg.ori_addr),
-                doc.msg.msg_id,
+                ori,
+                msg_id,
                 address_key_of(rcpt),
                 "FAILED" if failed else "DELIVERED",
                 (cause or "REFUSED") if failed else "",
             )
+            segment = msg_id != doc.msg.msg_id and not failed
+            # A segment: the message is delivered with the last of its segments.
+            if segment and await self.store.segment_done(ori, msg_id, address_key_of(rcpt)) > 0:
+                change = None
         accepted_ms = await self.store.settle(rcpt, acked, change)
         if change is None:
             return
@@ -341,7 +346,7 @@ def _forward_changes(
 ) -> list[StateChange]:
     rcpt_key = address_key_of(rcpt)
     return [
-        StateChange(address_key(d.msg.ori_addr), d.msg.msg_id, rcpt_key, state)
+        StateChange(address_key(d.msg.ori_addr), parent_msg_id(d.msg), rcpt_key, state)
         for d in docs
         if d.WhichOneof("doc") == "msg"
     ]

@@ -85,3 +85,70 @@ def rcpt_address(rcpt: str) -> pb.Address:
     if as_id is None:
         return pb.Address(addr_type=pb.ADDR_TYPE_UE, addr=rcpt)
     return pb.Address(addr_type=pb.ADDR_TYPE_AS, addr=as_id)
+
+
+# Segmentation (TS 23.554 8.5): at most this many segments per message, both ways.
+MAX_SEGMENTS = 64
+
+
+def split_payload(payload: str, limit: int) -> list[str]:
+    """``payload`` in chunks of at most ``limit`` UTF-8 bytes, never cutting a character."""
+    chunks: list[str] = []
+    current: list[str] = []
+    size = 0
+    for char in payload:
+        width = len(char.encode())
+        if current and size + width > limit:
+            chunks.append("".join(current))
+            current, size = [], 0
+        current.append(char)
+        size += width
+    if current or not chunks:
+        chunks.append("".join(current))
+    return chunks
+
+
+def segment_id(msg_id: str, number: int) -> str:
+    """The msgId of one server-made segment: each is acknowledged on its own."""
+    return f"{msg_id}~{number}"
+
+
+def segment(msg: pb.Message, limit: int) -> list[pb.Message]:
+    """The segments of a message whose payload is over a recipient's ``limit`` bytes."""
+    parts = split_payload(msg.payload, limit)
+    out = []
+    for number, part in enumerate(parts, 1):
+        copy = pb.Message()
+        copy.CopyFrom(msg)
+        copy.msg_id = segment_id(msg.msg_id, number)
+        copy.payload = part
+        copy.seg_ind = True
+        copy.seg_params.CopyFrom(
+            pb.SegmentParams(
+                seg_id=msg.msg_id,
+                seg_numb=number,
+                total_seg_count=len(parts) if number == 1 else 0,
+                last_seg_flag=number == len(parts),
+            )
+        )
+        out.append(copy)
+    return out
+
+
+def parent_msg_id(msg: pb.Message) -> str:
+    """The msgId whose record tracks ``msg``: a server-made segment's whole message."""
+    if msg.seg_ind and msg.seg_params.seg_id:
+        return msg.seg_params.seg_id
+    return msg.msg_id
+
+
+def reassemble(parts: list[pb.Message]) -> pb.Message:
+    """The whole message of an uplink's segments (in order): it takes its msgId from the
+    segId, its payload from every segment, the rest from the first segment."""
+    whole = pb.Message()
+    whole.CopyFrom(parts[0])
+    whole.msg_id = parts[0].seg_params.seg_id
+    whole.payload = "".join(p.payload for p in parts)
+    whole.seg_ind = False
+    whole.ClearField("seg_params")
+    return whole

@@ -106,9 +106,95 @@ class RouterServicer(rgrpc.RouterServiceServicer):
         if msg.ori_addr.addr_type != wanted:
             where = "the AS API" if from_as else "MSGin5G-1"
             return _failed(msg.msg_id, Cause.INVALID_REQUEST, f"oriAddr: not a sender over {where}")
+        if msg.seg_ind:
+            return await self._submit_segment(msg, kind, request.edge.edge_id)
+        return await self._submit(msg, kind, request.edge.edge_id)
+
+    async def _submit_segment(
+        self, msg: pb.Message, kind: str, edge_id: str
+    ) -> rpb.SubmitMessageResponse:
+        """One segment of a message sent in segments (TS 23.554 8.5): held in Redis (any
+        router replica may get any segment) until all have arrived, then the whole message
+        is routed with the segId as its msgId. The last segment's answer is the message's."""
+        sp = msg.seg_params
+        if not sp.seg_id or len(sp.seg_id) > 128:
+            return _failed(msg.msg_id, Cause.INVALID_REQUEST, "segParams.segId: 1-128 characters")
+        top = domain.MAX_SEGMENTS
+        declared = sp.total_seg_count or (sp.seg_numb if sp.last_seg_flag else 0)
+        if not 1 <= sp.seg_numb <= top or declared > top:
+            return _failed(msg.msg_id, Cause.INVALID_REQUEST, f"segParams: at most {top} segments")
+        if declared and sp.seg_numb > declared:
+            return _failed(
+                msg.msg_id,
+                Cause.INVALID_REQUEST,
+                f"segParams.segNumb: {sp.seg_numb} is beyond the total of {declared}",
+            )
+        ori = domain.recipient_of(msg.ori_addr) or ""
+        if not await self.store.is_registered(ori):
+            return _failed(
+                msg.msg_id, Cause.NOT_REGISTERED, f"{msg.ori_addr.addr} is not registered"
+            )
+        ori_key = domain.address_key(msg.ori_addr)
+        timeout_ms = int(self.settings.reassembly_timeout * 1000)
+        status, held, total = await self.store.add_segment(
+            ori_key,
+            sp.seg_id,
+            sp.seg_numb,
+            msg.SerializeToString(),
+            declared,
+            max_open=self.settings.max_reassemblies,
+            ttl_ms=2 * timeout_ms,
+            deadline_ms=int(time.time() * 1000) + timeout_ms,
+        )
+        if status == -1:
+            return _failed(
+                msg.msg_id,
+                Cause.INVALID_REQUEST,
+                f"segParams: the total differs from an earlier segment's ({total})",
+            )
+        if status == -2:
+            return _failed(
+                msg.msg_id,
+                Cause.INVALID_REQUEST,
+                f"segParams.segNumb: {sp.seg_numb} is beyond the total of {total}",
+            )
+        if status == -3:
+            return _failed(
+                msg.msg_id,
+                Cause.OVERLOADED,
+                f"{ori_key} has {self.settings.max_reassemblies} messages being reassembled",
+            )
+        duplicate = Cause.DUPLICATE.value if status == 0 else ""
+        if not total or held < total:
+            return rpb.SubmitMessageResponse(
+                msg_id=msg.msg_id, result=pb.MSG_RESULT_ACCEPTED, failure_cause=duplicate
+            )
+        stored = await self.store.segments(ori_key, sp.seg_id)
+        if sorted(stored) != list(range(1, total + 1)):
+            return rpb.SubmitMessageResponse(msg_id=msg.msg_id, result=pb.MSG_RESULT_ACCEPTED)
+        whole = domain.reassemble([pb.Message.FromString(stored[n]) for n in range(1, total + 1)])
+        reply = await self._submit(whole, kind, edge_id)
+        if reply.result != pb.MSG_RESULT_FAILED or reply.failure_cause != Cause.EXPIRED.value:
+            # Routed (or refused for good): the parts are no longer needed. The whole message
+            # is durable before they go, so a crash in between repeats, never loses.
+            await self.store.drop_reassembly(ori_key, sp.seg_id)
+        log.info(
+            "reassembled",
+            extra={"segId": sp.seg_id, "ori": ori_key, "segments": total},
+        )
+        return rpb.SubmitMessageResponse(
+            msg_id=msg.msg_id,
+            result=reply.result,
+            failure_cause=reply.failure_cause,
+            failure_detail=reply.failure_detail,
+        )
+
+    async def _submit(self, msg: pb.Message, kind: str, edge_id: str) -> rpb.SubmitMessageResponse:
+        """A whole message: to a group, topic or area, or to one UE or AS."""
+        from_as = kind == AS_API
         many = (pb.ADDR_TYPE_GROUP, pb.ADDR_TYPE_TOPIC, pb.ADDR_TYPE_BC)
         if msg.dest_addr.addr_type in many and self.fanout is not None:
-            return await self._submit_fanout(msg, kind, request.edge.edge_id, self.fanout)
+            return await self._submit_fanout(msg, kind, edge_id, self.fanout)
         ori = domain.recipient_of(msg.ori_addr)
         rcpt = domain.recipient_of(msg.dest_addr)
         if ori is None or rcpt is None or (from_as and as_of(rcpt) is not None):
@@ -117,7 +203,7 @@ class RouterServicer(rgrpc.RouterServiceServicer):
                 msg.msg_id, Cause.INVALID_REQUEST, f"destAddr.addrType {name} is not served here"
             )
         # One round trip: both parties, the recipient's route and (MQTT) the sender's lease.
-        touch = (kind, request.edge.edge_id, self.lease_ms) if kind == MQTT else None
+        touch = (kind, edge_id, self.lease_ms) if kind == MQTT else None
         parties = await self.store.parties(ori, rcpt, touch)
         if not parties.ori_registered:
             party = "AS" if from_as else "UE"
@@ -155,28 +241,40 @@ class RouterServicer(rgrpc.RouterServiceServicer):
 
         ori_key = domain.address_key(msg.ori_addr)
         rcpt_key = domain.address_key(msg.dest_addr)
-        ref = domain.msg_ref(msg.ori_addr, msg.msg_id)
         doc = pb.Downlink(msg=msg).SerializeToString()
         created, earlier, finished = await self.store.accept(
             ori_key, msg.msg_id, doc, rcpt_key, ttl_ms, expires_ms
         )
         outcome = "ACCEPTED" if reachable else "STORED"
-        if not finished:
+        limit = parties.max_seg_size or self.settings.max_payload
+        pieces = [msg]
+        if as_of(rcpt) is None and len(msg.payload.encode()) > limit:
+            # Over the recipient's maximum: it gets the message in segments, each
+            # acknowledged on its own; the message is delivered when every one is.
+            pieces = domain.segment(msg, limit)
+            if created:
+                await self.store.expect_segments(ori_key, msg.msg_id, rcpt_key, len(pieces))
+        docs = [pb.Downlink(msg=piece) for piece in pieces]
+        refs = [domain.msg_ref(msg.ori_addr, piece.msg_id) for piece in pieces]
+        if not finished and (created or len(pieces) == 1):
             # Also on a duplicate that is still under way: it repairs a record whose enqueue
-            # a crash interrupted (the enqueue and the schedule are idempotent).
-            await self.store.store_pending(
-                rcpt,
-                ref,
-                doc,
-                domain.priority_rank(msg.priority),
-                expires_ms,
-                outcome=(ori_key, msg.msg_id, outcome) if created else None,
-                state=(
-                    StateChange(ori_key, msg.msg_id, rcpt_key, "STORED")
-                    if created and not reachable
-                    else None
-                ),
-            )
+            # a crash interrupted (the enqueue and the schedule are idempotent). Not for
+            # segments: one already acknowledged would be queued again.
+            for number, (piece_ref, piece) in enumerate(zip(refs, docs, strict=True)):
+                first = created and number == 0
+                await self.store.store_pending(
+                    rcpt,
+                    piece_ref,
+                    piece.SerializeToString() if len(pieces) > 1 else doc,
+                    domain.priority_rank(msg.priority),
+                    expires_ms,
+                    outcome=(ori_key, msg.msg_id, outcome) if first else None,
+                    state=(
+                        StateChange(ori_key, msg.msg_id, rcpt_key, "STORED")
+                        if first and not reachable
+                        else None
+                    ),
+                )
         if not created:
             log.debug("duplicate", extra={"msgId": msg.msg_id, "ori": ori_key, "outcome": earlier})
             return rpb.SubmitMessageResponse(
@@ -190,7 +288,7 @@ class RouterServicer(rgrpc.RouterServiceServicer):
             extra={"msgId": msg.msg_id, "ori": ori_key, "rcpt": rcpt_key, "outcome": outcome},
         )
         if reachable:
-            self.dispatcher.spawn(rcpt, [ref], target=target, docs=[pb.Downlink(msg=msg)])
+            self.dispatcher.spawn(rcpt, refs, target=target, docs=docs)
         return rpb.SubmitMessageResponse(msg_id=msg.msg_id, result=RESULT[outcome])
 
     def _expiry(self, msg: pb.Message) -> tuple[int, int] | None:

@@ -40,7 +40,7 @@ class Reports:
             pb.Imdn(
                 ori_addr=domain.rcpt_address(recipient),
                 dest_addr=msg.ori_addr,
-                msg_id=msg.msg_id,
+                msg_id=domain.parent_msg_id(msg),
                 deliv_st=pb.DELIVERY_STATUS_REPT_DELY_FAILED,
                 failure_cause=cause,
             )

@@ -36,3 +36,10 @@ class RouterSettings(CommonSettings):
     # for https targetUris signed by a private CA (empty: the system's trust store).
     as_timeout: float = Field(default=5.0, gt=0)
     as_tls_ca_file: str = ""
+    # Segmentation (TS 23.554 8.5): a payload over the recipient's maximum (its maxSegSize,
+    # else max_payload bytes) reaches it in segments; an uplink message sent in segments is
+    # routed once all of them arrived within reassembly_timeout seconds, and an originator
+    # may have at most max_reassemblies of them under way.
+    max_payload: int = Field(default=2048, ge=16)
+    reassembly_timeout: float = Field(default=60.0, gt=0)
+    max_reassemblies: int = Field(default=8, ge=1)

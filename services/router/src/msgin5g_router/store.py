@@ -94,6 +94,38 @@ if changed == 1 and rank[ARGV[2]] == 3 then return st.times.ACCEPTED or 1 end
 return changed
 """
 
+# Adds segment ARGV[1] (document ARGV[2]) of a reassembly. ARGV[3]: the total it declares
+# (0: none), ARGV[4]: the originator's bound on open reassemblies, ARGV[5]: TTL ms, ARGV[6]:
+# the segId. Returns {status, segments held, total}; status 1 added, 0 duplicate,
+# -1 inconsistent total, -2 number beyond the total, -3 too many open reassemblies.
+_ADD_SEGMENT = """
+local total = tonumber(redis.call('HGET', KEYS[1], 'total') or '0')
+local held = redis.call('HLEN', KEYS[1])
+if redis.call('EXISTS', KEYS[1]) == 1 then held = held - 1 end
+if redis.call('HEXISTS', KEYS[1], 'n:' .. ARGV[1]) == 1 then return {0, held, total} end
+local declared = tonumber(ARGV[3])
+if declared > 0 then
+  if total > 0 and total ~= declared then return {-1, held, total} end
+  total = declared
+end
+if total > 0 and tonumber(ARGV[1]) > total then return {-2, held, total} end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  if redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[4]) then return {-3, held, total} end
+  redis.call('SADD', KEYS[2], ARGV[6])
+  redis.call('PEXPIRE', KEYS[2], ARGV[5])
+end
+redis.call('HSET', KEYS[1], 'n:' .. ARGV[1], ARGV[2], 'total', total)
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return {1, held + 1, total}
+"""
+
+# Counts down the segments of a message still to be acknowledged by one recipient (field
+# ARGV[1] of the message record, set when it was segmented): returns what remains.
+_SEGMENT_DONE = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return -1 end
+return redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
+"""
+
 # Takes one document out of an inbox (expiry, discard); returns it, or nothing.
 _REMOVE = """
 local doc = redis.call('HGET', KEYS[2], ARGV[1])
@@ -167,6 +199,7 @@ class Parties:
     route: Route | None
     route_changed: bool
     as_target: str | None
+    max_seg_size: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +226,8 @@ class RouterStore:
         self._detach_route = redis.register_script(_DETACH_ROUTE)
         self._remove = redis.register_script(_REMOVE)
         self._lock = redis.register_script(_LOCK)
+        self._add_segment = redis.register_script(_ADD_SEGMENT)
+        self._segment_done = redis.register_script(_SEGMENT_DONE)
         self._scripts = [
             self._accept,
             self._enqueue,
@@ -203,6 +238,8 @@ class RouterStore:
             self._detach_route,
             self._remove,
             self._lock,
+            self._add_segment,
+            self._segment_done,
         ]
 
     # -- pipelines ---------------------------------------------------------------------------
@@ -242,7 +279,7 @@ class RouterStore:
         def build(pipe: Any) -> None:
             pipe.exists(self.keys.registration(ori))
             pipe.exists(self.keys.known(rcpt))
-            pipe.hget(self.keys.registration(rcpt), "transport")
+            pipe.hmget(self.keys.registration(rcpt), ["transport", "maxSegSize"])
             if as_id is None:
                 pipe.hmget(self.keys.route(rcpt), ["kind", "edge"])
             else:
@@ -251,7 +288,7 @@ class RouterStore:
                 self._queue(pipe, self._touch_route, [self.keys.route(ori)], list(touch))
 
         replies = await self._execute(build)
-        ori_reg, rcpt_known, transport, where = replies[:4]
+        ori_reg, rcpt_known, (transport, max_seg), where = replies[:4]
         route = None
         target = None
         if as_id is None:
@@ -267,6 +304,7 @@ class RouterStore:
             route=route,
             route_changed=touch is not None and bool(replies[4]),
             as_target=target,
+            max_seg_size=int(max_seg or 0),
         )
 
     async def is_registered(self, rcpt: str) -> bool:
@@ -404,6 +442,70 @@ class RouterStore:
 
         replies = await self._execute(build)
         return int(replies[-1]) if change is not None else 0
+
+    # -- segmentation ---------------------------------------------------------------------------
+
+    async def add_segment(
+        self,
+        ori: str,
+        seg_id: str,
+        number: int,
+        doc: bytes,
+        declared_total: int,
+        *,
+        max_open: int,
+        ttl_ms: int,
+        deadline_ms: int,
+    ) -> tuple[int, int, int]:
+        """Stores one segment of an uplink message: (status, segments held, total); see
+        _ADD_SEGMENT. A new reassembly gets a deadline in the sweeper's schedule."""
+        status, held, total = await self._add_segment(
+            keys=[self.keys.reassembly(ori, seg_id), self.keys.reassemblies(ori)],
+            args=[number, doc, declared_total, max_open, ttl_ms, seg_id],
+        )
+        if int(status) == 1 and int(held) == 1:
+            await self.redis.zadd(
+                self.keys.reassembly_deadlines(), {f"{ori}{SEP}{seg_id}": deadline_ms}, nx=True
+            )
+        return int(status), int(held), int(total)
+
+    async def segments(self, ori: str, seg_id: str) -> dict[int, bytes]:
+        raw = await self.redis.hgetall(self.keys.reassembly(ori, seg_id))
+        out: dict[int, bytes] = {}
+        for field, value in raw.items():
+            name = as_text(field)
+            if name.startswith("n:"):
+                out[int(name[2:])] = _bytes(value)
+        return out
+
+    async def drop_reassembly(self, ori: str, seg_id: str) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.delete(self.keys.reassembly(ori, seg_id))
+            pipe.srem(self.keys.reassemblies(ori), seg_id)
+            pipe.zrem(self.keys.reassembly_deadlines(), f"{ori}{SEP}{seg_id}")
+            await pipe.execute()
+
+    async def due_reassemblies(self, now: int, limit: int) -> list[tuple[str, str]]:
+        members = await self.redis.zrangebyscore(
+            self.keys.reassembly_deadlines(), 0, now, start=0, num=limit
+        )
+        pairs = []
+        for member in members:
+            ori, _, seg_id = as_text(member).partition(SEP)
+            pairs.append((ori, seg_id))
+        return pairs
+
+    async def expect_segments(self, ori: str, msg_id: str, rcpt: str, count: int) -> None:
+        """The message goes to ``rcpt`` in ``count`` segments, each acknowledged on its own."""
+        await self.redis.hset(self.keys.message(ori, msg_id), f"segs:{rcpt}", count)
+
+    async def segment_done(self, ori: str, msg_id: str, rcpt: str) -> int:
+        """One more segment acknowledged: how many remain (-1: the message was not segmented
+        for this recipient, or its record is gone)."""
+        left = await self._segment_done(
+            keys=[self.keys.message(ori, msg_id)], args=[f"segs:{rcpt}"]
+        )
+        return int(left)
 
     async def set_outcome(self, ori: str, msg_id: str, outcome: str) -> None:
         await self.redis.hset(self.keys.message(ori, msg_id), "outcome", outcome)

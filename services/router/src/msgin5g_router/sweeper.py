@@ -52,6 +52,8 @@ class Sweeper:
         metrics.PENDING.set(await self.store.pending_count())
         for ue, ref in await self.store.due_expiries(now, BATCH):
             await self.expire(ue, ref)
+        for ori, seg_id in await self.store.due_reassemblies(now, BATCH):
+            await self.reassembly_timeout(ori, seg_id)
         for ue in await self.store.claim_due_retries(now, BATCH):
             log.info("retry", extra={"ueSvcId": ue})
             self.dispatcher.spawn(ue)
@@ -65,10 +67,37 @@ class Sweeper:
             if doc.WhichOneof("doc") == "msg":
                 msg = doc.msg
                 ori = domain.address_key(msg.ori_addr)
-                await self.store.set_state(
-                    ori, msg.msg_id, address_key_of(ue), "EXPIRED", "EXPIRED"
+                changed = await self.store.set_state(
+                    ori, domain.parent_msg_id(msg), address_key_of(ue), "EXPIRED", "EXPIRED"
                 )
                 log.info("expired", extra={"msgId": msg.msg_id, "ori": ori, "ueSvcId": ue})
-                if msg.deliv_st_req_ind:
+                # Once per message, also when it expires as several segments.
+                if msg.deliv_st_req_ind and changed:
                     await self.reports.failed(msg, ue, "EXPIRED")
         await self.store.unschedule_expiry(ue, ref)
+
+    async def reassembly_timeout(self, ori: str, seg_id: str) -> None:
+        """A message sent in segments did not arrive whole in time: its parts are dropped
+        and the originator gets a failure report with SEGMENT_TIMEOUT (unless the whole
+        message was routed and only the clean-up was interrupted)."""
+        parts = await self.store.segments(ori, seg_id)
+        record = await self.store.record(ori, seg_id)
+        if parts and "doc" not in record:
+            first = pb.Message.FromString(next(iter(parts.values())))
+            sender = domain.recipient_of(first.ori_addr)
+            log.info(
+                "reassembly timed out",
+                extra={"segId": seg_id, "ori": ori, "held": sorted(parts)},
+            )
+            metrics.ERRORS.labels("SEGMENT_TIMEOUT").inc()
+            if sender is not None:
+                await self.reports.deliver(
+                    pb.Imdn(
+                        ori_addr=first.dest_addr,
+                        dest_addr=first.ori_addr,
+                        msg_id=seg_id,
+                        deliv_st=pb.DELIVERY_STATUS_REPT_DELY_FAILED,
+                        failure_cause="SEGMENT_TIMEOUT",
+                    )
+                )
+        await self.store.drop_reassembly(ori, seg_id)
