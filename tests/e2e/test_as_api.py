@@ -9,10 +9,8 @@ errors a misbehaving client gets.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,140 +18,26 @@ import httpx
 import jwt
 import pytest
 import pytest_asyncio
-from aiohttp import web
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from msgin5g_client import CoapUe, MqttUe
 from msgin5g_client.common import build_msg
 from msgin5g_common import header as h
-from msgin5g_devstack.stack import Stack
 from msgin5g_registry import spec
-from tests.conftest import new_ue_id, stack_config
+from tests.conftest import new_ue_id
+from tests.e2e.as_support import (
+    ADMIN_TOKEN,
+    OTHER_AS,
+    OWN_AS,
+    WAIT,
+    AppServer,
+    System,
+    system_fixture,
+)
+from tests.e2e.as_support import token as _token
 
 pytestmark = pytest.mark.e2e
 
-ADMIN_TOKEN = "admin-token-for-tests-0123456789"
-# The ASs client app-1 may act as; each test takes its own.
-OWN_AS = [f"as-{n}" for n in range(12)]
-OTHER_AS = "as-of-app-2"
-WAIT = 15.0
-
-
-def _signing_key() -> str:
-    key = ec.generate_private_key(ec.SECP256R1())
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-
-
-@dataclass
-class System:
-    stack: Stack
-    signing_key: str
-
-    @property
-    def url(self) -> str:
-        return self.stack.http_url
-
-
-@pytest_asyncio.fixture(scope="module")
-async def system(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[System]:
-    """The system with the AS API's OAuth2 on, and fast retries."""
-    key = _signing_key()
-    clients = {
-        "clients": [
-            {"clientId": "app-1", "clientSecret": "secret-1-for-tests", "asSvcIds": OWN_AS},
-            {"clientId": "app-2", "clientSecret": "secret-2-for-tests", "asSvcIds": [OTHER_AS]},
-        ]
-    }
-    config = stack_config(
-        tmp_path_factory.mktemp("as-stack"),
-        MSGIN5G_AUTH_ENABLED="true",
-        MSGIN5G_AUTH_SIGNING_KEY=key,
-        MSGIN5G_AUTH_CLIENTS=json.dumps(clients),
-        MSGIN5G_ADMIN_TOKEN=ADMIN_TOKEN,
-        MSGIN5G_RETRY_BASE="0.3",
-        MSGIN5G_RETRY_MAX="1",
-        MSGIN5G_SWEEP_INTERVAL="0.2",
-        MSGIN5G_AS_TIMEOUT="2",
-    )
-    async with Stack(config) as running:
-        yield System(running, key)
-
-
-class AppServer:
-    """A real HTTP application server: records what it is sent, answers ``status``."""
-
-    def __init__(self) -> None:
-        self.received: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self.status = 204
-        self.posts = 0
-        self.port = 0
-        self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
-
-    async def _handle(self, request: web.Request) -> web.Response:
-        self.posts += 1
-        body = await request.json()
-        if 200 <= self.status < 300:
-            await self.received.put(body)
-        return web.Response(status=self.status)
-
-    async def start(self) -> str:
-        app = web.Application()
-        app.router.add_post("/callback", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await self.listen()
-        return self.url
-
-    async def listen(self) -> None:
-        assert self._runner is not None
-        self._site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
-        await self._site.start()
-        server = self._site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
-
-    async def go_down(self) -> None:
-        """Stops listening: connections are refused until listen() again."""
-        assert self._site is not None
-        await self._site.stop()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/callback"
-
-    async def next(self) -> dict[str, Any]:
-        return await asyncio.wait_for(self.received.get(), WAIT)
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-
-@pytest_asyncio.fixture
-async def app_server() -> AsyncIterator[AppServer]:
-    server = AppServer()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.close()
-
-
-async def _token(
-    http: httpx.AsyncClient, client: str = "app-1", secret: str = "secret-1-for-tests"
-) -> str:
-    response = await http.post(
-        "/oauth2/token", auth=(client, secret), data={"grant_type": "client_credentials"}
-    )
-    assert response.status_code == 200, response.text
-    token: str = response.json()["access_token"]
-    return token
+system = system_fixture()
 
 
 @pytest_asyncio.fixture

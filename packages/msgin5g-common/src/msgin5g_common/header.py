@@ -267,7 +267,7 @@ class _Fields:
 
     def msg_id(self) -> str:
         value: str = self.get("msgId", str, required=True)
-        if not _MSG_ID_RE.fullmatch(value):
+        if not valid_msg_id(value):
             raise InvalidDocument(
                 f"{self._name('msgId')}: must be 1-128 printable ASCII characters"
             )
@@ -518,6 +518,11 @@ def _parse_object(data: bytes | str) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise InvalidDocument("the document must be a JSON object")
     return obj
+
+
+def valid_msg_id(value: str) -> bool:
+    """A msgId (or segId): 1-128 printable ASCII characters."""
+    return bool(_MSG_ID_RE.fullmatch(value))
 
 
 def document_limit(max_payload: int) -> int:

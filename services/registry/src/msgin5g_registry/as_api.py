@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -24,7 +25,7 @@ from msgin5g.v1 import common_pb2 as pb
 from msgin5g.v1 import router_pb2 as rpb
 from msgin5g_common import convert
 from msgin5g_common.errors import Cause
-from msgin5g_common.header import valid_id
+from msgin5g_common.header import valid_id, valid_msg_id
 from msgin5g_common.keys import as_recipient
 from msgin5g_registry import spec
 from msgin5g_registry.auth import AsRegistrationDep, MsgDeliveryDep, Principal, TopicDep
@@ -37,9 +38,14 @@ ASREG = "/msgs-asregistration/v1"
 DELIVERY = "/msgs-msgdelivery/v1"
 TOPICS = "/msgs-topiclistevent/v1"
 
-# The longest id (asSvcId, msgId, appId) this server keeps.
+# The longest appId of a registration this server keeps.
 MAX_ID = 256
 UINT32 = 2**32 - 1
+# What a MSG to a UE can carry (MSGin5G-1, docs/protocol.md): a message the AS API took but a
+# UE could not read would be retried until it expired, never delivered.
+MAX_APP_ID = 128
+MAX_SEG = 65535
+ID_RULE = "1-128 characters of [A-Za-z0-9._~@:+-]"
 
 _ADDR_TYPES = {
     "UE": pb.ADDR_TYPE_UE,
@@ -56,7 +62,9 @@ _DELIV_ST = {
 }
 
 
-def _problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for ProblemDetails answers (application/problem+json, the
+    TS 29.571 schema) of the given statuses."""
     schema = spec.schema("ProblemDetails")
     return {
         status: {
@@ -77,7 +85,7 @@ def _ok(name: str, status: int = 200, **extra: Any) -> dict[int | str, dict[str,
             "content": {"application/json": {"schema": spec.schema(name)}},
             **extra,
         },
-        **_problem_responses(*_ERRORS),
+        **problem_responses(*_ERRORS),
     }
 
 
@@ -106,9 +114,21 @@ async def read_json(request: Request, name: str) -> dict[str, Any]:
         if len(body) > limit:
             raise ProblemError(413, f"the body is over {limit} bytes")
     try:
-        doc = json.loads(body)
+        # RFC 8259: UTF-8 only (json.loads of bytes would also take UTF-16 and UTF-32, and
+        # surrogates encoded as UTF-8), and no NaN or Infinity, which are not JSON.
+        doc = json.loads(body.decode("utf-8"), parse_constant=_not_json)
     except (ValueError, RecursionError) as exc:
         raise ProblemError(400, f"the body is not JSON: {exc}"[:200], "INVALID_MSG_FORMAT") from exc
+    where = _lone_surrogate(doc) if _ESCAPED_SURROGATE.search(body) else None
+    if where is not None:
+        # A "\ud800" escape alone is no Unicode text: nothing could encode or store it.
+        reason = "holds a lone surrogate (not Unicode text)"
+        raise ProblemError(
+            400,
+            f"{where}: {reason}",
+            "INVALID_MSG_FORMAT",
+            invalid=[InvalidParam(param=where, reason=reason)],
+        )
     invalid = spec.validate(name, doc)
     if invalid:
         first = invalid[0]
@@ -119,9 +139,54 @@ async def read_json(request: Request, name: str) -> dict[str, Any]:
     return doc
 
 
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON value")
+
+
+_ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _lone_surrogate(doc: Any) -> str | None:
+    """The path of the first member name or string of ``doc`` with a lone surrogate (a
+    ``\\ud800`` escape without its pair), or None. Iterative: a document is as deep as the
+    JSON parser allowed."""
+    # Each entry: (node, its path as a linked list of (parent, key) pairs).
+    todo: list[tuple[Any, Any]] = [(doc, None)]
+    while todo:
+        node, path = todo.pop()
+        if isinstance(node, str):
+            if not _is_text(node):
+                return _path_name(path)
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                if not _is_text(key):
+                    return _path_name((path, key))
+                todo.append((value, (path, key)))
+        elif isinstance(node, list):
+            todo.extend((value, (path, index)) for index, value in enumerate(node))
+    return None
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _path_name(path: Any) -> str:
+    parts: list[str] = []
+    while path is not None:
+        path, key = path
+        # The name itself may hold the surrogate: shown escaped, as it was sent.
+        parts.append(str(key).encode("utf-8", "backslashreplace").decode("utf-8"))
+    return ".".join(reversed(parts)) or "body"
+
+
 def _own_as(principal: Principal, as_svc_id: str, param: str) -> None:
-    if not as_svc_id or len(as_svc_id) > MAX_ID:
-        raise bad(param, f"must be 1-{MAX_ID} characters")
+    if not valid_id(as_svc_id):
+        raise bad(param, f"must be {ID_RULE}")
     if not principal.may_act_as(as_svc_id):
         raise ProblemError(
             403,
@@ -139,10 +204,10 @@ def _sender(principal: Principal, doc: dict[str, Any]) -> pb.Address:
     return pb.Address(addr_type=pb.ADDR_TYPE_AS, addr=ori["addr"])
 
 
-def _text_id(doc: dict[str, Any], name: str) -> str:
-    value: str = doc.get(name, "")
-    if not value or len(value) > MAX_ID:
-        raise bad(name, f"must be 1-{MAX_ID} characters")
+def _msg_id(doc: dict[str, Any]) -> str:
+    value: str = doc["msgId"]
+    if not valid_msg_id(value):
+        raise bad("msgId", "must be 1-128 printable ASCII characters")
     return value
 
 
@@ -166,8 +231,10 @@ def message_of(principal: Principal, doc: dict[str, Any], max_payload: int) -> p
     dest_type = _ADDR_TYPES.get(dest["addrType"])
     if dest_type is None or dest_type == pb.ADDR_TYPE_AS:
         raise bad("destAddr.addrType", "an AS sends to UE, GROUP, TOPIC or BC")
+    if not valid_id(dest["addr"]):
+        raise bad("destAddr.addr", f"must be {ID_RULE}")
     msg = pb.Message(
-        msg_id=_text_id(doc, "msgId"),
+        msg_id=_msg_id(doc),
         ori_addr=ori,
         dest_addr=pb.Address(addr_type=dest_type, addr=dest["addr"]),
         app_id=doc.get("appId", ""),
@@ -176,8 +243,8 @@ def message_of(principal: Principal, doc: dict[str, Any], max_payload: int) -> p
         sto_and_fw_ind=bool(doc["stoAndFwInd"]),
         seg_ind=bool(doc.get("segInd", False)),
     )
-    if len(msg.app_id) > MAX_ID:
-        raise bad("appId", f"at most {MAX_ID} characters", "OPTIONAL_IE_INCORRECT")
+    if len(msg.app_id) > MAX_APP_ID:
+        raise bad("appId", f"at most {MAX_APP_ID} characters", "OPTIONAL_IE_INCORRECT")
     if "payload" in doc:
         payload: str = doc["payload"]
         if len(payload.encode()) > max_payload:
@@ -199,10 +266,13 @@ def message_of(principal: Principal, doc: dict[str, Any], max_payload: int) -> p
             raise bad("latency", "must be a positive number of seconds", "OPTIONAL_IE_INCORRECT")
         msg.latency = min(latency, UINT32)
     seg = doc.get("segParams")
+    if msg.seg_ind and seg is None:
+        raise bad("segParams", "required when segInd is true", "OPTIONAL_IE_INCORRECT")
     if seg is not None:
         for name in ("totalSegCount", "segNumb"):
-            if not 0 <= seg.get(name, 0) <= UINT32:
-                raise bad(f"segParams.{name}", "out of range", "OPTIONAL_IE_INCORRECT")
+            # 0 is "not given": a UE is sent none.
+            if not 0 <= seg.get(name, 0) <= MAX_SEG:
+                raise bad(f"segParams.{name}", f"must be 1-{MAX_SEG}", "OPTIONAL_IE_INCORRECT")
         msg.seg_params.CopyFrom(
             pb.SegmentParams(
                 seg_id=seg.get("segId", ""),
@@ -309,7 +379,7 @@ def router() -> APIRouter:
         name="deregister_as",
         tags=["AS DeRegistration"],
         summary="Delete an application server's registration",
-        responses={204: {"description": "Deleted"}, **_problem_responses(*_ERRORS)},
+        responses={204: {"description": "Deleted"}, **problem_responses(*_ERRORS)},
     )
     async def deregister_as(
         registrationId: Annotated[str, Path(description="AS registration Id")],
@@ -380,7 +450,7 @@ def router() -> APIRouter:
         imdn = pb.Imdn(
             ori_addr=reporter,
             dest_addr=pb.Address(addr_type=pb.ADDR_TYPE_UE, addr=dest["addr"]),
-            msg_id=_text_id(doc, "msgId"),
+            msg_id=_msg_id(doc),
             deliv_st=deliv_st,
             failure_cause=doc.get("failureCause", "")[:MAX_ID],
         )
@@ -437,7 +507,7 @@ def router() -> APIRouter:
         tags=["Topic subscription"],
         summary="Unsubscribe an application server from messaging topics",
         openapi_extra=spec.openapi_request("TopicSubscription"),
-        responses={204: {"description": "Unsubscribed"}, **_problem_responses(*_ERRORS)},
+        responses={204: {"description": "Unsubscribed"}, **problem_responses(*_ERRORS)},
     )
     async def unsubscribe(
         request: Request, principal: TopicDep, store: StoreDep, ases: AsStoreDep

@@ -25,6 +25,7 @@ from msgin5g_common import convert
 from msgin5g_common import header as h
 from msgin5g_common.errors import Cause
 from msgin5g_registry import as_api, problems
+from msgin5g_registry.as_api import problem_responses
 from msgin5g_registry.auth import (
     ADMIN_SCOPE,
     Authenticator,
@@ -32,7 +33,7 @@ from msgin5g_registry.auth import (
     require,
     token_router,
 )
-from msgin5g_registry.problems import ProblemDetails, problem
+from msgin5g_registry.problems import InvalidParam, problem
 from msgin5g_registry.problems import instance_of as _instance
 from msgin5g_registry.settings import RegistrySettings
 from msgin5g_registry.store import AsStore, GroupStore, RegistryStore, UeRecord
@@ -42,6 +43,9 @@ log = logging.getLogger("msgin5g.registry.http")
 READY_TIMEOUT = 0.5
 UE_ID_PATTERN = r"^[A-Za-z0-9._~@:+\-]{1,128}$"
 _UE_ID_RE = re.compile(UE_ID_PATTERN)
+# The id rule, documented in OpenAPI (json_schema_extra) and checked by the handlers, which
+# answer their own ProblemDetails for a bad id.
+_ID_SCHEMA: dict[str, Any] = {"pattern": UE_ID_PATTERN}
 
 
 class UePublic(BaseModel):
@@ -162,7 +166,9 @@ class TopicPublic(BaseModel):
 
 
 class GroupMembers(BaseModel):
-    members: list[str] = Field(min_length=1, max_length=MAX_MEMBERS)
+    members: list[Annotated[str, Field(json_schema_extra=_ID_SCHEMA)]] = Field(
+        min_length=1, max_length=MAX_MEMBERS
+    )
 
 
 class GroupPublic(BaseModel):
@@ -185,7 +191,7 @@ def get_groups(request: Request) -> GroupStore:
 
 
 GroupsDep = Annotated[GroupStore, Depends(get_groups)]
-GroupId = Annotated[str, Path(description="Group Service ID")]
+GroupId = Annotated[str, Path(description="Group Service ID", json_schema_extra=_ID_SCHEMA)]
 
 
 def get_store(request: Request) -> RegistryStore:
@@ -194,7 +200,7 @@ def get_store(request: Request) -> RegistryStore:
 
 
 StoreDep = Annotated[RegistryStore, Depends(get_store)]
-UeId = Annotated[str, Path(description="UE Service ID")]
+UeId = Annotated[str, Path(description="UE Service ID", json_schema_extra=_ID_SCHEMA)]
 
 
 def get_router(request: Request) -> Any:
@@ -285,7 +291,7 @@ def create_app(
     @mgmt.get(
         "/api/v1/ues/{ueSvcId}",
         response_model=UePublic,
-        responses={404: {"model": ProblemDetails}, 400: {"model": ProblemDetails}},
+        responses=problem_responses(400, 404),
         summary="A UE's registration state",
     )
     async def get_ue(ueSvcId: UeId, store: StoreDep, request: Request) -> UePublic | JSONResponse:
@@ -307,7 +313,7 @@ def create_app(
         "/api/v1/ues/{ueSvcId}",
         response_model=UePublic,
         status_code=200,
-        responses={201: {"model": UePublic}, 400: {"model": ProblemDetails}},
+        responses={201: {"model": UePublic}, **problem_responses(400)},
         summary="Provision a UE: it becomes known, so messages to it are stored until it registers",
     )
     async def put_ue(ueSvcId: UeId, store: StoreDep, request: Request) -> UePublic | JSONResponse:
@@ -321,7 +327,7 @@ def create_app(
     @mgmt.get(
         "/api/v1/messages/{msgId}",
         response_model=MessageStatePublic,
-        responses={404: {"model": ProblemDetails}, 400: {"model": ProblemDetails}},
+        responses=problem_responses(400, 404),
         summary="A message's state per recipient, with the time of each step",
     )
     async def get_message(
@@ -359,7 +365,7 @@ def create_app(
     @mgmt.patch(
         "/api/v1/messages/{msgId}",
         response_model=MessageStatePublic,
-        responses={404: {"model": ProblemDetails}, 409: {"model": ProblemDetails}},
+        responses=problem_responses(400, 404, 409),
         summary="Change the expiry of a stored message (TS 23.554 8.3.6.1)",
     )
     async def patch_message(
@@ -372,7 +378,18 @@ def create_app(
         update = rpb.UpdateMessageRequest(
             ori_addr=_ori(ori), msg_id=msgId, action=rpb.UPDATE_ACTION_UPDATE
         )
-        update.expr_time.FromDatetime(body.exprTime.astimezone(UTC))
+        try:
+            update.expr_time.FromDatetime(body.exprTime.astimezone(UTC))
+        except (OverflowError, ValueError):
+            # 0001-01-01T00:00:00+01:00 is in year 0 once in UTC.
+            return problem(
+                400,
+                "Bad Request",
+                "exprTime: out of range",
+                Cause.INVALID_REQUEST,
+                _instance(request),
+                invalid=[InvalidParam(param="exprTime", reason="out of range")],
+            )
         failed = await _update(router, update, _instance(request))
         if failed is not None:
             return failed
@@ -381,7 +398,7 @@ def create_app(
     @mgmt.delete(
         "/api/v1/messages/{msgId}",
         status_code=204,
-        responses={404: {"model": ProblemDetails}, 409: {"model": ProblemDetails}},
+        responses=problem_responses(400, 404, 409),
         summary="Discard a stored message that has not been delivered yet",
     )
     async def delete_message(
@@ -430,7 +447,7 @@ def create_app(
     @mgmt.put(
         "/api/v1/groups/{groupSvcId}",
         response_model=GroupPublic,
-        responses={201: {"model": GroupPublic}, 400: {"model": ProblemDetails}},
+        responses={201: {"model": GroupPublic}, **problem_responses(400)},
         summary="Create or replace a group profile (up to 100,000 members)",
     )
     async def put_group(
@@ -452,7 +469,7 @@ def create_app(
     @mgmt.get(
         "/api/v1/groups/{groupSvcId}",
         response_model=GroupPublic,
-        responses={404: {"model": ProblemDetails}},
+        responses=problem_responses(400, 404),
         summary="A group profile, its members paged in id order",
     )
     async def get_group(
@@ -469,7 +486,12 @@ def create_app(
             return no_group(groupSvcId, request)
         return await group_page(groups, groupSvcId, after, limit)
 
-    @mgmt.delete("/api/v1/groups/{groupSvcId}", status_code=204, summary="Delete a group")
+    @mgmt.delete(
+        "/api/v1/groups/{groupSvcId}",
+        status_code=204,
+        responses=problem_responses(400, 404),
+        summary="Delete a group",
+    )
     async def delete_group(groupSvcId: GroupId, groups: GroupsDep, request: Request) -> Response:
         bad = bad_group(groupSvcId, request)
         if bad is not None:
@@ -481,6 +503,7 @@ def create_app(
     @mgmt.post(
         "/api/v1/groups/{groupSvcId}/members",
         response_model=GroupPublic,
+        responses=problem_responses(400),
         summary="Add members to a group (creates it when new)",
     )
     async def add_members(
@@ -501,6 +524,7 @@ def create_app(
     @mgmt.delete(
         "/api/v1/groups/{groupSvcId}/members/{ueSvcId}",
         status_code=204,
+        responses=problem_responses(400, 404),
         summary="Remove one member from a group",
     )
     async def remove_member(
@@ -525,11 +549,13 @@ def create_app(
     @mgmt.get(
         "/api/v1/topics/{topic}",
         response_model=TopicPublic,
-        responses={400: {"model": ProblemDetails}},
+        responses=problem_responses(400),
         summary="A messaging topic's current subscribers (TS 23.554 8.8)",
     )
     async def get_topic(
-        topic: Annotated[str, Path(description="Topic name")], store: StoreDep, request: Request
+        topic: Annotated[str, Path(description="Topic name", json_schema_extra=_ID_SCHEMA)],
+        store: StoreDep,
+        request: Request,
     ) -> TopicPublic | JSONResponse:
         if not _UE_ID_RE.fullmatch(topic):
             return problem(
@@ -555,9 +581,7 @@ def create_app(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get(
-        "/readyz", summary="Readiness: Redis answers", responses={503: {"model": ProblemDetails}}
-    )
+    @app.get("/readyz", summary="Readiness: Redis answers", responses=problem_responses(503))
     async def readyz(request: Request) -> JSONResponse:
         try:
             # Bounded: a probe must get its 503 quickly, not after redis-py's retries.
@@ -572,4 +596,42 @@ def create_app(
     app.include_router(as_api.router())
     app.include_router(token_router())
     install_openapi_security(app)
+    declare_problems(app)
     return app
+
+
+# What an operation may answer besides what its route declares: an error nobody expected
+# (500) and, behind authentication, a refused token (401), a missing scope (403), the rate
+# limit (429), and a router or Redis that did not answer (503).
+_ANY_ERRORS = (500,)
+_SECURED_ERRORS = (401, 403, 429, 503)
+
+
+def declare_problems(app: FastAPI) -> None:
+    """Makes the OpenAPI document declare the errors the app answers. FastAPI documents a
+    422 HTTPValidationError for every operation with parameters or a body, but this app
+    answers a request that fails validation 400 ProblemDetails (problems.install)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = build()
+        for path_item in schema.get("paths", {}).values():
+            for operation in path_item.values():
+                if not isinstance(operation, dict) or "responses" not in operation:
+                    continue
+                responses = operation["responses"]
+                statuses = list(_ANY_ERRORS)
+                if responses.pop("422", None) is not None:
+                    statuses.append(400)
+                if operation.get("security"):
+                    statuses.extend(_SECURED_ERRORS)
+                for status, declared in problem_responses(*statuses).items():
+                    responses.setdefault(
+                        str(status), {**declared, "description": problems.TITLES[int(status)]}
+                    )
+        declared_schemas = schema.get("components", {}).get("schemas", {})
+        for name in ("HTTPValidationError", "ValidationError"):
+            declared_schemas.pop(name, None)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

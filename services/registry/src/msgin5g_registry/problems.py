@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -121,9 +122,19 @@ def problem(
     )
 
 
+# What RFC 3986 allows in a path segment besides unreserved characters (and "/").
+_PATH_SAFE = "/:@!$&'()*+,;="
+
+
 def instance_of(request: Request) -> str:
-    """The ProblemDetails ``instance``: the request's absolute URI (TS 29.571 types it Uri)."""
-    return str(request.url.replace(query=None, fragment=None))
+    """The ProblemDetails ``instance``: the request's absolute URI (TS 29.571 types it Uri).
+
+    The path is percent-encoded again (the server sees it decoded): a request for
+    ``/registrations/%C3%A9%20x`` must not get an instance with a space or an "é" in it,
+    which would not be a URI.
+    """
+    path = quote(request.scope["path"], safe=_PATH_SAFE)
+    return str(request.url.replace(path=path, query=None, fragment=None))
 
 
 def _param(loc: tuple[object, ...]) -> str:

@@ -13,6 +13,7 @@ from msgin5g.v1 import common_pb2 as pb
 from msgin5g.v1 import router_pb2 as rpb
 from msgin5g.v1 import router_pb2_grpc as rgrpc
 from msgin5g_common import convert, metrics
+from msgin5g_common import header as h
 from msgin5g_common.errors import Cause
 from msgin5g_common.grpcutil import Context
 from msgin5g_common.keys import as_of, as_recipient
@@ -117,8 +118,13 @@ class RouterServicer(rgrpc.RouterServiceServicer):
         router replica may get any segment) until all have arrived, then the whole message
         is routed with the segId as its msgId. The last segment's answer is the message's."""
         sp = msg.seg_params
-        if not sp.seg_id or len(sp.seg_id) > 128:
-            return _failed(msg.msg_id, Cause.INVALID_REQUEST, "segParams.segId: 1-128 characters")
+        if not h.valid_msg_id(sp.seg_id):
+            # It becomes the whole message's msgId, so it follows the msgId rule.
+            return _failed(
+                msg.msg_id,
+                Cause.INVALID_REQUEST,
+                "segParams.segId: must be 1-128 printable ASCII characters",
+            )
         top = domain.MAX_SEGMENTS
         declared = sp.total_seg_count or (sp.seg_numb if sp.last_seg_flag else 0)
         if not 1 <= sp.seg_numb <= top or declared > top:
