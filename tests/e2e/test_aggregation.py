@@ -152,5 +152,10 @@ async def test_malformed_aggregated_documents_are_refused_and_nothing_else_is_di
             assert isinstance(answer, h.MsgResp)
             assert answer.result is h.MsgResult.FAILED
             assert answer.failure_cause == "INVALID_REQUEST"
+        oversized = json.dumps([{"msgType": "MSG", "payload": "z" * 300_000}] * 2).encode()
+        await a.publish(oversized)
+        answer = await a.next_answer()
+        assert isinstance(answer, h.MsgResp)
+        assert answer.failure_cause == "PAYLOAD_TOO_LARGE"
         sent = await a.send(b.ue_svc_id, "still fine")
         assert (await b.receive()).msg_id == sent.msg_id
