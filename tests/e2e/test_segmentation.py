@@ -176,3 +176,31 @@ async def test_a_lost_segment_fails_the_message_with_segment_timeout(
             assert response.status_code == 404
         sent = await a.send(b.ue_svc_id, "the next one")
         assert (await asyncio.wait_for(b.receive(), WAIT)).msg_id == sent.msg_id
+
+
+async def test_a_long_group_message_reaches_each_member_in_its_own_segment_size(
+    stack: Stack,
+) -> None:
+    group = new_ue_id("group")
+    async with (
+        MqttUe(new_ue_id("mqtt-a"), stack.mqtt_addr) as a,
+        MqttUe(new_ue_id("mqtt-small"), stack.mqtt_addr) as small,
+        CoapUe(new_ue_id("coap-big"), stack.coap_addr) as big,
+    ):
+        await a.register()
+        await small.register(max_seg_size=256)
+        await big.register()
+        await big.start_observing()
+        async with httpx.AsyncClient(base_url=stack.http_url) as http:
+            members = {"members": [a.ue_svc_id, small.ue_svc_id, big.ue_svc_id]}
+            assert (await http.put(f"/api/v1/groups/{group}", json=members)).status_code == 201
+        text = "g" * 5000
+        msg = build_msg(a.ue_svc_id, group, text, dest_type=h.AddrType.GROUP)
+        for part in split(msg, 2048):
+            await a.send_msg(part)
+        for ue, size, count in ((small, 256, 20), (big, 2048, 3)):
+            whole, segments = await _receive_whole(ue, Reassembler())
+            assert whole.payload == text
+            assert whole.msg_id == msg.msg_id
+            assert len(segments) == count
+            assert all(len((s.payload or "").encode()) <= size for s in segments)

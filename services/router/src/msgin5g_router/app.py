@@ -54,6 +54,7 @@ async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
         page=settings.fanout_page,
         rate=settings.fanout_rate,
         claim_after=settings.fanout_claim_after,
+        max_payload=settings.max_payload,
     )
 
     server = GrpcServer(["msgin5g.v1.RouterService"])

@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from msgin5g.v1 import common_pb2 as pb
-from msgin5g_common.keys import Keys, address_key_of
+from msgin5g_common.keys import Keys, address_key_of, as_of
 from msgin5g_router import domain
 from msgin5g_router.dispatch import Dispatcher
 from msgin5g_router.store import RouterStore, as_text, now_ms
@@ -86,6 +86,7 @@ class Fanout:
         rate: float = 1000.0,
         claim_after: float = 15.0,
         parallel: int = 50,
+        max_payload: int = 2048,
     ) -> None:
         self.redis = redis
         self.keys = keys
@@ -96,6 +97,7 @@ class Fanout:
         self.bucket = TokenBucket(rate, max(rate, 1.0))
         self.claim_after_ms = int(claim_after * 1000)
         self.parallel = parallel
+        self.max_payload = max_payload
         self._members = redis.register_script(_MEMBERS)
 
     # -- starting a fan-out (before the originator is answered) ------------------------------
@@ -197,11 +199,17 @@ class Fanout:
         ]
         expires_ms = int(record.get("expiresAt", 0) or 0) or now_ms() + 7 * 86400_000
         rank = domain.priority_rank(msg.priority)
-        ref = domain.msg_ref(msg.ori_addr, msg.msg_id)
+        # Members that take less than the payload get it in segments (TS 23.554 8.5).
+        limits = await self.store.max_seg_sizes(todo) if msg.payload else {}
         for start in range(0, len(todo), self.parallel):
             chunk = todo[start : start + self.parallel]
             await asyncio.gather(
-                *(self._deliver_one(msg, m, ref, rank, ori, expires_ms) for m in chunk)
+                *(
+                    self._deliver_one(
+                        msg, m, limits.get(m) or self.max_payload, rank, ori, expires_ms
+                    )
+                    for m in chunk
+                )
             )
         log.info(
             "fan-out page delivered",
@@ -214,14 +222,21 @@ class Fanout:
         )
 
     async def _deliver_one(
-        self, msg: pb.Message, member: str, ref: str, rank: int, ori: str, expires_ms: int
+        self, msg: pb.Message, member: str, limit: int, rank: int, ori: str, expires_ms: int
     ) -> None:
         copy = pb.Message()
         copy.CopyFrom(msg)
         copy.rcpt_addr.CopyFrom(domain.rcpt_address(member))
-        doc = pb.Downlink(msg=copy).SerializeToString()
-        await self.store.enqueue(member, ref, doc, rank)
-        await self.store.schedule_expiry(member, ref, expires_ms)
+        pieces = [copy]
+        if as_of(member) is None and len(copy.payload.encode()) > limit:
+            pieces = domain.segment(copy, limit)
+            await self.store.expect_segments(ori, msg.msg_id, address_key_of(member), len(pieces))
+        refs = []
+        for piece in pieces:
+            ref = domain.msg_ref(msg.ori_addr, piece.msg_id)
+            refs.append(ref)
+            await self.store.enqueue(member, ref, pb.Downlink(msg=piece).SerializeToString(), rank)
+            await self.store.schedule_expiry(member, ref, expires_ms)
         await self.bucket.take()
-        if not await self.dispatcher.dispatch(member, [ref]):
+        if not await self.dispatcher.dispatch(member, refs):
             await self.store.set_state(ori, msg.msg_id, address_key_of(member), "STORED")

@@ -495,6 +495,14 @@ class RouterStore:
             pairs.append((ori, seg_id))
         return pairs
 
+    async def max_seg_sizes(self, rcpts: list[str]) -> dict[str, int]:
+        """The maxSegSize each recipient registered (absent: none declared)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for rcpt in rcpts:
+                pipe.hget(self.keys.registration(rcpt), "maxSegSize")
+            values = await pipe.execute()
+        return {r: int(v) for r, v in zip(rcpts, values, strict=True) if v and int(v) > 0}
+
     async def expect_segments(self, ori: str, msg_id: str, rcpt: str, count: int) -> None:
         """The message goes to ``rcpt`` in ``count`` segments, each acknowledged on its own."""
         await self.redis.hset(self.keys.message(ori, msg_id), f"segs:{rcpt}", count)
