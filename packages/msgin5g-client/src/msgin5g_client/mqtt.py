@@ -47,7 +47,11 @@ class MqttUe:
         username: str | None = None,
         password: str | None = None,
         clean_start: bool = True,
+        client_id: str | None = None,
     ) -> None:
+        """``client_id`` is the MQTT client identifier, the UE Service ID by default; a tool
+        that acts for a UE next to its own connection (the ``msgin5g`` CLI) takes another one,
+        or the broker would drop the UE's connection for the newer one."""
         self.ue_svc_id = ue_svc_id
         self.prefix = prefix.rstrip("/")
         self.timeout = timeout
@@ -56,7 +60,7 @@ class MqttUe:
         self._client = aiomqtt.Client(
             host,
             port,
-            identifier=ue_svc_id,
+            identifier=client_id or ue_svc_id,
             username=username,
             password=password,
             protocol=aiomqtt.ProtocolVersion.V5,
