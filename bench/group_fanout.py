@@ -1,13 +1,14 @@
 """Load generator: one message to a large MQTT group, versus the broker alone.
 
-    python -m bench.group_fanout system --mqtt-port P --http-url U --members N
+    python -m bench.group_fanout system --mqtt-port P --http-url U --redis-url R --members N
     python -m bench.group_fanout raw --mqtt-port P --members N
 
 ``system``: N MQTT UEs register (one connection publishes their REGs, as a gateway would), a
 group of all of them is created, one member sends one MSG to the group, and a wildcard
 subscriber on ``msgin5g/ue/+`` waits until every other member's copy has been published by
-the server, acknowledging each copy for its UE as the device would. ``raw``: one client
-publishes N QoS 1 messages to N topics and the same kind of subscriber waits for all of them.
+the server, acknowledging each copy for its UE as the device would (QoS 1); the fan-out is
+done when the router holds none of them unacknowledged. ``raw``: one client publishes N
+QoS 1 messages to N topics and the same kind of subscriber waits for all of them.
 Each prints one JSON line with its measurements.
 """
 
@@ -16,22 +17,33 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import sys
 import time
 import uuid
+from typing import Any
 
 import aiomqtt
 import httpx
+from redis.asyncio import Redis
 
+from bench.measure import (
+    NODELAY,
+    CpuMeter,
+    Lost,
+    emit,
+    parse_pids,
+    pending,
+    progress,
+    settle,
+    until_done,
+)
+from bench.measure import summary as latency_summary
 from msgin5g_client import MqttUe
 from msgin5g_common import header as h
 
-NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
-
 
 def _client(port: int, name: str) -> aiomqtt.Client:
-    return aiomqtt.Client(
+    client = aiomqtt.Client(
         "127.0.0.1",
         port,
         identifier=f"bench-{name}-{uuid.uuid4().hex[:6]}",
@@ -39,52 +51,69 @@ def _client(port: int, name: str) -> aiomqtt.Client:
         socket_options=NODELAY,
         max_queued_incoming_messages=0,
     )
+    # The acknowledgements are many publishes in flight on purpose: no warning for each.
+    client.pending_calls_threshold = 1_000_000
+    return client
 
 
-async def _count(
-    client: aiomqtt.Client,
-    wanted: int,
-    match: bytes,
-    done: asyncio.Event,
-    seen: set[str],
-    acker: aiomqtt.Client | None = None,
-) -> None:
-    """Counts distinct topics that received a document containing ``match`` (redeliveries
-    count once); with ``acker``, only MSG copies count, and each is acknowledged for its UE
-    as the device would."""
-    async for message in client.messages:
-        payload = message.payload
-        if not isinstance(payload, bytes | bytearray) or match not in payload:
-            continue
-        topic = message.topic.value
-        if acker is not None:
-            doc = h.decode_any(bytes(payload))
-            if not isinstance(doc, h.Msg):
-                continue  # the sender's own MSGRESP
-            if topic not in seen:
+class Counter:
+    """Distinct topics that received a document containing ``match`` (redeliveries count
+    once), with the time each first arrived; with ``acker``, only MSG copies count, and
+    every copy (a redelivery too) is acknowledged for its UE as the device would."""
+
+    def __init__(self, wanted: int, match: bytes, acker: aiomqtt.Client | None = None) -> None:
+        self.wanted = wanted
+        self.match = match
+        self.acker = acker
+        self.seen: dict[str, float] = {}
+        self.done = asyncio.Event()
+        self.acks: set[asyncio.Task[None]] = set()
+
+    async def run(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            payload = message.payload
+            if not isinstance(payload, bytes | bytearray) or self.match not in payload:
+                continue
+            topic = message.topic.value
+            if self.acker is not None:
+                doc = h.decode_any(bytes(payload))
+                if not isinstance(doc, h.Msg):
+                    continue  # the sender's own MSGRESP
                 ue = topic.rsplit("/", 1)[1]
-                ack = h.MsgResp(doc.msg_id, h.MsgResult.DELIVERED, ue_svc_id=ue,
-                                ori_addr=doc.ori_addr)  # fmt: skip
-                await acker.publish(f"msgin5g/up/{ue}", h.encode(ack), qos=0)
-        seen.add(topic)
-        if len(seen) >= wanted:
-            done.set()
-            return
+                ack = h.MsgResp(
+                    doc.msg_id, h.MsgResult.DELIVERED, ue_svc_id=ue, ori_addr=doc.ori_addr
+                )
+                task = asyncio.create_task(
+                    self.acker.publish(f"msgin5g/up/{ue}", h.encode(ack), qos=1)
+                )
+                self.acks.add(task)
+                task.add_done_callback(self.acks.discard)
+            self.seen.setdefault(topic, time.perf_counter())
+            if len(self.seen) >= self.wanted:
+                self.done.set()
+                return
+
+    async def acked(self) -> None:
+        while self.acks:
+            await asyncio.gather(*list(self.acks))
 
 
-async def system(port: int, http_url: str, members: int) -> dict[str, float]:
+async def system(
+    port: int, http_url: str, redis_url: str, members: int, cpu: CpuMeter
+) -> dict[str, Any]:
     run = uuid.uuid4().hex[:8]
     ids = [f"b{run}-{i:06d}" for i in range(members)]
     group = f"g{run}"
+    redis = Redis.from_url(redis_url)
     async with _client(port, "sub") as sub, _client(port, "gw") as gateway:
         await sub.subscribe("msgin5g/ue/+", qos=1)
-        registered: set[str] = set()
-        reg_done = asyncio.Event()
-        counting = asyncio.create_task(_count(sub, members - 1, b'"REGRESP"', reg_done, registered))
+        regs = Counter(members - 1, b'"REGRESP"')
+        counting = asyncio.create_task(regs.run(sub))
         start = time.perf_counter()
-        for ue in ids[1:]:
-            await gateway.publish(f"msgin5g/up/{ue}", h.encode(h.Reg(ue)), qos=1)
-        await asyncio.wait_for(reg_done.wait(), 600)
+        async with progress("group members registering", lambda: len(regs.seen), members - 1):
+            for ue in ids[1:]:
+                await gateway.publish(f"msgin5g/up/{ue}", h.encode(h.Reg(ue)), qos=1)
+            await until_done(regs.done, lambda: len(regs.seen), "REGRESPs")
         await counting
         registration = time.perf_counter() - start
 
@@ -92,48 +121,70 @@ async def system(port: int, http_url: str, members: int) -> dict[str, float]:
             response = await http.put(f"/api/v1/groups/{group}", json={"members": ids})
             response.raise_for_status()
 
-        got: set[str] = set()
-        delivered = asyncio.Event()
         msg_id = f"fanout-{run}"
-        counting = asyncio.create_task(
-            _count(sub, members - 1, msg_id.encode(), delivered, got, acker=gateway)
-        )
+        copies = Counter(members - 1, msg_id.encode(), acker=gateway)
+        counting = asyncio.create_task(copies.run(sub))
         async with MqttUe(ids[0], ("127.0.0.1", port), timeout=60) as sender:
             await sender.register()
-            msg = h.Msg(msg_id, h.Address(h.AddrType.UE, ids[0]),
-                        h.Address(h.AddrType.GROUP, group), payload="to everyone")  # fmt: skip
+            baseline = await pending(redis)
+            msg = h.Msg(
+                msg_id,
+                h.Address(h.AddrType.UE, ids[0]),
+                h.Address(h.AddrType.GROUP, group),
+                payload="to everyone",
+            )
+            cpu.start()
             start = time.perf_counter()
             accepted = await sender.send_msg(msg, attempts=3)
             acceptance = time.perf_counter() - start
-            await asyncio.wait_for(delivered.wait(), 600)
+            async with progress("group fan-out copies", lambda: len(copies.seen), members - 1):
+                await until_done(copies.done, lambda: len(copies.seen), "copies of the MSG")
             fanout = time.perf_counter() - start
+            await asyncio.wait_for(copies.acked(), 60)
+            acked = await settle(redis, baseline, within=120) - start
+            used = cpu.stop()
         await counting
+    await redis.aclose()
+    times = [t - start for t in copies.seen.values()]
+    delivered = latency_summary(times, max(fanout, acked), members - 1)
     return {
         "members": members,
         "registration_s": registration,
         "registrations_per_s": (members - 1) / registration,
         "acceptance_s": acceptance,
         "fanout_s": fanout,
-        "deliveries_per_s": (members - 1) / fanout,
+        "acked_s": acked,
+        "deliveries_per_s": (members - 1) / max(fanout, acked),
         "accepted": accepted.result is h.MsgResult.ACCEPTED,
+        "max": delivered,
+        "cpu": used,
     }
 
 
-async def raw(port: int, members: int) -> dict[str, float]:
+async def raw(port: int, members: int, cpu: CpuMeter) -> dict[str, Any]:
     run = uuid.uuid4().hex[:8]
     async with _client(port, "sub") as sub, _client(port, "pub") as pub:
         await sub.subscribe(f"bench/{run}/+", qos=1)
-        got: set[str] = set()
-        done = asyncio.Event()
-        counting = asyncio.create_task(_count(sub, members, run.encode(), done, got))
+        got = Counter(members, run.encode())
+        counting = asyncio.create_task(got.run(sub))
         payload = json.dumps({"run": run, "payload": "to everyone"}).encode()
+        cpu.start()
         start = time.perf_counter()
-        for i in range(members):
-            await pub.publish(f"bench/{run}/{i}", payload, qos=1)
-        await asyncio.wait_for(done.wait(), 600)
+        async with progress("raw publishes", lambda: len(got.seen), members):
+            for i in range(members):
+                await pub.publish(f"bench/{run}/{i}", payload, qos=1)
+            await until_done(got.done, lambda: len(got.seen), "raw publishes")
         elapsed = time.perf_counter() - start
+        used = cpu.stop()
         await counting
-    return {"members": members, "publish_s": elapsed, "messages_per_s": members / elapsed}
+    times = [t - start for t in got.seen.values()]
+    return {
+        "members": members,
+        "publish_s": elapsed,
+        "messages_per_s": members / elapsed,
+        "max": latency_summary(times, elapsed, members),
+        "cpu": used,
+    }
 
 
 def main() -> None:
@@ -141,13 +192,22 @@ def main() -> None:
     parser.add_argument("mode", choices=["system", "raw"])
     parser.add_argument("--mqtt-port", type=int, required=True)
     parser.add_argument("--http-url", default="")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--members", type=int, default=10_000)
+    parser.add_argument("--pids", default="", help='JSON {"service": pid} to sample CPU of')
     args = parser.parse_args()
-    if args.mode == "system":
-        result = asyncio.run(system(args.mqtt_port, args.http_url, args.members))
-    else:
-        result = asyncio.run(raw(args.mqtt_port, args.members))
-    sys.stdout.write(json.dumps(result) + "\n")
+    cpu = CpuMeter(parse_pids(args.pids))
+    try:
+        if args.mode == "system":
+            result = asyncio.run(
+                system(args.mqtt_port, args.http_url, args.redis_url, args.members, cpu)
+            )
+        else:
+            result = asyncio.run(raw(args.mqtt_port, args.members, cpu))
+    except Lost as exc:
+        sys.stderr.write(f"LOST: {exc}\n")
+        sys.exit(3)
+    emit(result)
 
 
 if __name__ == "__main__":
