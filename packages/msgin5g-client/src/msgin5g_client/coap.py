@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from datetime import datetime
 from types import TracebackType
@@ -26,6 +28,7 @@ from msgin5g_client.common import (
     Seen,
     ack_for,
     build_msg,
+    doc_key,
     report_for,
     update_for,
     with_retries,
@@ -33,6 +36,9 @@ from msgin5g_client.common import (
 from msgin5g_common import header as h
 
 JSON = ContentFormat.JSON
+# Seconds after which a document still shown is acknowledged again (the first
+# acknowledgement was lost); well below the server's shortest retry delay.
+REACK_AFTER = 2.0
 
 
 class CoapUe:
@@ -42,6 +48,7 @@ class CoapUe:
         self.base = f"coap://{host}:{port}"
         self.timeout = timeout
         self.seen = Seen()
+        self._acked: OrderedDict[tuple[str, str, str], float] = OrderedDict()
         self._context: Any = None
         self._received: asyncio.Queue[DownlinkDoc] = asyncio.Queue()
         self._observer: asyncio.Task[None] | None = None
@@ -163,12 +170,28 @@ class CoapUe:
         """Acknowledges a document (a redelivery too: the server waits for it), then tells
         whether the application has not seen it yet. A document counts as seen only once it
         is acknowledged: if the acknowledgement fails it comes again, and is taken then."""
-        if auto_ack:
+        if auto_ack and self._ack_due(doc):
             await self.ack(doc)
         first = self.seen.first_time(doc)
         if first and auto_ack and isinstance(doc, h.Msg) and doc.deliv_st_req_ind:
             await self.report(doc)
         return first
+
+    def _ack_due(self, doc: DownlinkDoc) -> bool:
+        """Whether to acknowledge a document now: the first time, or again when it is still
+        shown a while after the last acknowledgement (that one was lost). A notification
+        that shows a just-acknowledged document again (it was sent before the
+        acknowledgement arrived) is not answered once more."""
+        key = doc_key(doc)
+        now = time.monotonic()
+        last = self._acked.get(key)
+        if last is not None and now - last < REACK_AFTER:
+            return False
+        self._acked[key] = now
+        self._acked.move_to_end(key)
+        if len(self._acked) > self.seen.capacity:
+            self._acked.popitem(last=False)
+        return True
 
     async def observe(
         self, *, auto_ack: bool = True, on_established: asyncio.Future[None] | None = None
@@ -242,4 +265,6 @@ def _downlink(payload: bytes) -> list[DownlinkDoc]:
 def _failure(response: Any) -> RequestFailed:
     text = response.payload.decode(errors="replace")
     cause, _, detail = text.partition(": ")
-    return RequestFailed(cause or "UNKNOWN", detail, str(response.code))
+    # Max-Age on a 5.03 is the server's hint when to try again (its default, 60, is not one).
+    hint = response.opt.max_age if response.code == Code.SERVICE_UNAVAILABLE else None
+    return RequestFailed(cause or "UNKNOWN", detail, str(response.code), float(hint or 0))

@@ -95,6 +95,7 @@ class Dispatcher:
         # Dispatches in flight at once: more only queue up for Redis connections and edges.
         self._slots = asyncio.Semaphore(64)
         self._addresses: dict[tuple[str, str], tuple[str, float]] = {}
+        self._waiting_full: set[str] = set()
         self._mqtt_edges: tuple[list[str], float] = ([], 0.0)
 
     def spawn(
@@ -107,7 +108,13 @@ class Dispatcher:
     ) -> None:
         """Dispatches in the background (the caller has already answered its client). A
         caller that has just resolved the recipient and holds the new documents passes them:
-        the dispatch then reads neither the route nor the inbox again."""
+        the dispatch then reads neither the route nor the inbox again. A dispatch of the whole
+        inbox that is still waiting to start covers another one (a burst of acknowledgements
+        from a CoAP observer becomes one notification, not one per acknowledgement)."""
+        if new_refs is None:
+            if ue in self._waiting_full:
+                return
+            self._waiting_full.add(ue)
         task = asyncio.create_task(self.dispatch(ue, new_refs, target=target, docs=docs))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -180,6 +187,9 @@ class Dispatcher:
         (None: everything pending, as on a re-attach). True when they left for the UE."""
         try:
             async with self._serialized(ue), self._slots:
+                if new_refs is None:
+                    # From here on, a new change needs a dispatch of its own.
+                    self._waiting_full.discard(ue)
                 return await self._dispatch(ue, new_refs, target, docs)
         except Exception:
             log.exception("dispatch failed", extra={"ueSvcId": ue})
