@@ -16,13 +16,16 @@ T = TypeVar("T")
 
 
 class RequestFailed(Exception):
-    """The server refused a request: ``cause`` is the MSGin5G failure cause."""
+    """The server refused a request: ``cause`` is the MSGin5G failure cause; ``retry_after``
+    the seconds the server asked the client to wait before trying again (CoAP Max-Age of a
+    5.03), 0 when it gave none."""
 
-    def __init__(self, cause: str, detail: str, code: str = "") -> None:
+    def __init__(self, cause: str, detail: str, code: str = "", retry_after: float = 0.0) -> None:
         super().__init__(f"{code + ' ' if code else ''}{cause}: {detail}")
         self.cause = cause
         self.detail = detail
         self.code = code
+        self.retry_after = retry_after
 
 
 def new_msg_id() -> str:
@@ -112,10 +115,12 @@ async def with_retries(
 ) -> T:
     """Runs ``attempt`` until it succeeds or fails for good. A timeout or a refusal whose
     cause is in ``retryable`` (None: any refusal) is retried, ``attempts`` tries in all, the
-    delay doubling up to 5 s; resending the same document is safe because the server
-    suppresses duplicates by (oriAddr, msgId)."""
+    delay doubling up to 5 s, and never shorter than the server's retry hint (a rate limit's
+    Max-Age); resending the same document is safe because the server suppresses duplicates
+    by (oriAddr, msgId)."""
     delay = first_delay
     for remaining in range(attempts - 1, -1, -1):
+        hint = 0.0
         try:
             return await attempt()
         except TimeoutError:
@@ -124,6 +129,7 @@ async def with_retries(
         except RequestFailed as exc:
             if (retryable is not None and exc.cause not in retryable) or remaining == 0:
                 raise
-        await asyncio.sleep(delay)
+            hint = exc.retry_after
+        await asyncio.sleep(max(delay, hint))
         delay = min(delay * 2, 5.0)
     raise AssertionError("unreachable")

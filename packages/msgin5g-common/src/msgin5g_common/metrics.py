@@ -24,6 +24,13 @@ DELIVERY_LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 86400),
 )
 PENDING = Gauge("msgin5g_pending_documents", "Documents stored and not yet acknowledged")
+LIMITED = Counter(
+    "msgin5g_limited_total",
+    "Requests refused with OVERLOADED by a limit: ue_rate and ue_replies (a UE over its rate, "
+    "edges), mqtt_backlog (a UE's or the replica's uplink backlog full, mqtt-edge), inbox "
+    "(a recipient's inbox full, router)",
+    ["limit"],
+)
 OBSERVERS = Gauge("msgin5g_observe_relations", "CoAP Observe relations held by this replica")
 CALL_LATENCY = Histogram(
     "msgin5g_backend_call_seconds",

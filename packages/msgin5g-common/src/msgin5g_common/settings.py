@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -32,3 +33,9 @@ class EdgeSettings(CommonSettings):
     # Seconds between heartbeats; the heartbeat key lives three times as long.
     edge_heartbeat_interval: float = 5.0
     max_payload: int = 2048
+    # Per-UE uplink rate limit of each replica (msgin5g_common.ratelimit): documents per
+    # second a UE may send on average, and how many at once after a quiet spell; over it the
+    # UE is refused with OVERLOADED (CoAP 5.03 with Max-Age). Acknowledgements and delivery
+    # reports have ten times this allowance of their own. 0 (either) turns the limit off.
+    ue_rate: float = Field(default=20.0, ge=0)
+    ue_burst: int = Field(default=200, ge=0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import grpc
@@ -24,17 +24,26 @@ from msgin5g_common import convert, metrics
 from msgin5g_common import header as h
 from msgin5g_common.errors import Cause, InvalidDocument, Msgin5gError, Overloaded, error_for
 from msgin5g_common.grpcutil import channel
+from msgin5g_common.ratelimit import RateLimited, UeLimits
 
 log = logging.getLogger("msgin5g.uplink")
+
+# Retry hints (seconds) of OVERLOADED replies that are not a rate limit's: a backend that did
+# not answer, and a refusal by the router (a recipient's inbox full, too many reassemblies),
+# which only clears once someone else acts (the recipient acknowledges).
+BACKEND_RETRY = 1
+ROUTER_RETRY = 10
 
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """The response document, and the failure cause when the request failed."""
+    """The response document, and the failure cause when the request failed;
+    ``retry_after``: seconds the client should wait before sending again (a rate limit)."""
 
     doc: h.Document | None
     cause: Cause | None = None
     detail: str = ""
+    retry_after: int = 0
 
 
 class UplinkHandler:
@@ -45,9 +54,12 @@ class UplinkHandler:
         edge: pb.EdgeRef,
         timeout: float,
         observed: Callable[[str], bool] = lambda ue: False,
+        limits: UeLimits | None = None,
     ) -> None:
-        """``observed(ue)`` tells whether the UE holds an Observe relation on this replica."""
+        """``observed(ue)`` tells whether the UE holds an Observe relation on this replica;
+        ``limits`` are the per-UE rate limits (none when not given)."""
         self.observed = observed
+        self.limits = limits or UeLimits.unlimited()
         self._registry_channel = channel(registry_addr)
         self._router_channel = channel(router_addr)
         self.registry: reggrpc.RegistryServiceAsyncStub = reggrpc.RegistryServiceStub(
@@ -62,7 +74,13 @@ class UplinkHandler:
         await self._router_channel.close()
 
     async def handle(self, doc: h.Uplink) -> Reply:
-        """Serves one uplink document; infrastructure failures become OVERLOADED replies."""
+        """Serves one uplink document; infrastructure failures become OVERLOADED replies,
+        and so does a document over its sender's rate (it goes no further)."""
+        try:
+            self.limits.admit(h.sender_of(doc), doc)
+        except RateLimited as limited:
+            metrics.ERRORS.labels(limited.cause.value).inc()
+            return Reply(refusal(doc, limited), limited.cause, limited.detail, limited.retry_after)
         kind = type(doc).__name__.upper()
         metrics.MESSAGES.labels("in", kind, self.transport).inc()
         try:
@@ -73,9 +91,11 @@ class UplinkHandler:
                 "backend call failed", extra={"code": exc.code().name, "detail": exc.details()}
             )
             err = Overloaded(f"backend unavailable: {exc.code().name}")
-            reply = Reply(None, err.cause, err.detail)
+            reply = Reply(None, err.cause, err.detail, BACKEND_RETRY)
         if reply.cause is not None:
             metrics.ERRORS.labels(reply.cause.value).inc()
+        if reply.cause is Cause.OVERLOADED and not reply.retry_after:
+            reply = replace(reply, retry_after=ROUTER_RETRY)
         return reply
 
     @property
@@ -214,6 +234,24 @@ class UplinkHandler:
         await self.router.RenewLeases(
             rpb.RenewLeasesRequest(edge=self.edge, ue_svc_ids=ues), timeout=self.timeout
         )
+
+
+def refusal(doc: h.Uplink, err: Msgin5gError) -> h.Document:
+    """The ``*RESP`` refusing a decoded uplink document (h.failure_response without parsing)."""
+    cause, detail = err.cause.value, err.detail
+    match doc:
+        case h.Reg():
+            return h.RegResp(doc.ue_svc_id, h.Result.FAILURE, cause, failure_detail=detail)
+        case h.Dereg():
+            return h.DeregResp(doc.ue_svc_id, h.Result.FAILURE, cause, failure_detail=detail)
+        case h.Sub() | h.Unsub():
+            unsub = isinstance(doc, h.Unsub)
+            return h.SubResp(
+                doc.ue_svc_id, h.Result.FAILURE, cause, unsub=unsub, failure_detail=detail
+            )
+        case h.MsgUpd():
+            return h.MsgUpdResp(doc.msg_id, h.Result.FAILURE, cause, detail)
+    return h.MsgResp(doc.msg_id, h.MsgResult.FAILED, cause, failure_detail=detail)
 
 
 def failure_reply(raw: bytes | str, err: Msgin5gError, sender: str = "") -> Reply:

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 
 import grpc
-from aiocoap import Message, interfaces, resource
+from aiocoap import Message, error, interfaces, resource
 from aiocoap.numbers.codes import Code
 from aiocoap.numbers.contentformat import ContentFormat
 
@@ -27,6 +27,7 @@ from msgin5g_common.errors import (
     PayloadTooLarge,
     UnsupportedContentFormat,
 )
+from msgin5g_common.ratelimit import RateLimited
 from msgin5g_common.uplink import Reply, UplinkHandler, failure_reply
 
 log = logging.getLogger("msgin5g.coap_edge")
@@ -53,6 +54,23 @@ def error_message(cause: Cause, detail: str) -> Message:
 
 def json_message(code: Code, payload: bytes) -> Message:
     return Message(code=code, payload=payload, content_format=JSON)
+
+
+class BodyTooLarge(error.RenderableError):  # type: ignore[misc]
+    """A blockwise (Block1) request body over the limit, refused at the block that crosses
+    it (or at the first, from the Size1 the client announced): 4.13 with the limit in Size1
+    (RFC 7959 section 2.9.3)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__()
+        self.size = size
+        self.limit = limit
+
+    def to_message(self) -> Message:
+        detail = f"request body of {self.size} bytes or more, maximum {self.limit}"
+        response = error_message(Cause.PAYLOAD_TOO_LARGE, detail)
+        response.opt.size1 = self.limit
+        return response
 
 
 class Observers:
@@ -118,7 +136,23 @@ class CoapApi(resource.Resource, interfaces.ObservableResource, resource.PathCap
     # -- aiocoap entry points ------------------------------------------------------------------
 
     async def needs_blockwise_assembly(self, request: Message) -> bool:
+        """aiocoap calls this for every block before adding it to its assembly (Block1Spool),
+        which neither bounds the size of a body nor reads Size1: a body over the limit is
+        refused here, at the first block that announces (Size1) or reaches a size over it."""
+        block1 = request.opt.block1
+        if block1 is not None:
+            limit = self.body_limit(request.opt.uri_path)
+            size = max(request.opt.size1 or 0, block1.start + len(request.payload))
+            if size > limit:
+                metrics.ERRORS.labels(Cause.PAYLOAD_TOO_LARGE.value).inc()
+                raise BodyTooLarge(size, limit)
         return True
+
+    def body_limit(self, path: tuple[str, ...]) -> int:
+        """The largest request body worth assembling: an aggregated document on /msg, one
+        document anywhere else."""
+        one = h.document_limit(self.max_payload)
+        return aggregate.MAX_UPLINK_ITEMS * one if tuple(path) == ("msg",) else one
 
     async def add_observation(self, request: Message, serverobservation: object) -> None:
         path = request.opt.uri_path
@@ -136,14 +170,15 @@ class CoapApi(resource.Resource, interfaces.ObservableResource, resource.PathCap
             return await self._route(request)
         except MethodNotAllowed:
             return Message(code=Code.METHOD_NOT_ALLOWED)
+        except RateLimited as err:
+            return _retry_later(error_message(err.cause, err.detail), err.retry_after)
         except Msgin5gError as err:
             return error_message(err.cause, err.detail)
         except grpc.aio.AioRpcError as exc:
             # The router or registry did not answer (restarting, overloaded): retry later.
             log.warning("backend call failed", extra={"code": exc.code().name})
             response = error_message(Cause.OVERLOADED, f"backend unavailable: {exc.code().name}")
-            response.opt.max_age = 1
-            return response
+            return _retry_later(response, 1)
         except Exception:
             log.exception("request failed", extra={"path": "/".join(request.opt.uri_path)})
             return error_message(Cause.INTERNAL_ERROR, "internal error")
@@ -234,6 +269,7 @@ class CoapApi(resource.Resource, interfaces.ObservableResource, resource.PathCap
         return json_message(Code.CHANGED, aggregate.join(answers))
 
     async def _inbox(self, ue: str, observe: bool) -> Message:
+        self.handler.limits.admit(ue)
         if observe:
             # Observing is showing up: this replica now serves the UE's downlink.
             await self.handler.attach(ue, flush=False)
@@ -247,6 +283,7 @@ class CoapApi(resource.Resource, interfaces.ObservableResource, resource.PathCap
         if ue is None:
             raise InvalidDocument("query: ?ue={ueSvcId} is required (the subscriber)")
         ue = _path_id(ue)
+        self.handler.limits.admit(ue)
         if request.opt.observe == 0:
             await self.handler.subscribe(ue, [topic], None)
             await self.handler.attach(ue, flush=False)
@@ -267,7 +304,9 @@ class CoapApi(resource.Resource, interfaces.ObservableResource, resource.PathCap
 
     def _reply_message(self, reply: Reply, success: Code) -> Message:
         if reply.cause is not None:
-            return error_message(reply.cause, reply.detail)
+            response = error_message(reply.cause, reply.detail)
+            # Every 5.03 carries its retry hint (msgin5g.md section 5).
+            return _retry_later(response, reply.retry_after) if reply.retry_after else response
         if reply.doc is None:
             return Message(code=success)
         return json_message(success, h.encode(reply.doc))
@@ -323,6 +362,13 @@ class CoapApi(resource.Resource, interfaces.ObservableResource, resource.PathCap
 
 
 SEP = "\x1f"
+
+
+def _retry_later(response: Message, seconds: int) -> Message:
+    """A 5.03 with its retry hint: Max-Age, the seconds before the client should try again
+    (RFC 7252 section 5.9.3.4)."""
+    response.opt.max_age = seconds
+    return response
 
 
 def _query(request: Message, name: str) -> str | None:

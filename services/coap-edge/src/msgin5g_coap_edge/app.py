@@ -19,6 +19,7 @@ from msgin5g_common import convert, metrics, redisutil, service
 from msgin5g_common.edges import Heartbeat, default_edge_id
 from msgin5g_common.grpcutil import Context, GrpcServer, host_of
 from msgin5g_common.keys import Keys
+from msgin5g_common.ratelimit import UeLimits
 from msgin5g_common.uplink import UplinkHandler
 
 log = logging.getLogger("msgin5g.coap_edge")
@@ -60,7 +61,11 @@ async def serve(settings: CoapEdgeSettings, stop: asyncio.Event) -> None:
     edge_id = settings.edge_id or default_edge_id("coap")
     edge = pb.EdgeRef(kind=pb.EDGE_KIND_COAP, edge_id=edge_id)
     handler = UplinkHandler(
-        settings.registry_addr, settings.router_addr, edge, settings.grpc_timeout
+        settings.registry_addr,
+        settings.router_addr,
+        edge,
+        settings.grpc_timeout,
+        limits=UeLimits(settings.ue_rate, settings.ue_burst),
     )
     api = CoapApi(
         handler, settings.max_payload, settings.coap_notification_bytes, settings.push_timeout

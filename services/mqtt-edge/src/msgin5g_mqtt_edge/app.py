@@ -12,6 +12,7 @@ from msgin5g_common import aggregate, convert, metrics, redisutil, service
 from msgin5g_common.edges import Heartbeat, default_edge_id
 from msgin5g_common.grpcutil import Context, GrpcServer, host_of
 from msgin5g_common.keys import Keys
+from msgin5g_common.ratelimit import UeLimits
 from msgin5g_common.uplink import UplinkHandler
 from msgin5g_mqtt_edge.bridge import MqttBridge
 from msgin5g_mqtt_edge.settings import MqttEdgeSettings
@@ -48,7 +49,11 @@ async def serve(settings: MqttEdgeSettings, stop: asyncio.Event) -> None:
     edge_id = settings.edge_id or default_edge_id("mqtt")
     edge = pb.EdgeRef(kind=pb.EDGE_KIND_MQTT, edge_id=edge_id)
     handler = UplinkHandler(
-        settings.registry_addr, settings.router_addr, edge, settings.grpc_timeout
+        settings.registry_addr,
+        settings.router_addr,
+        edge,
+        settings.grpc_timeout,
+        limits=UeLimits(settings.ue_rate, settings.ue_burst),
     )
     bridge = MqttBridge(settings, handler, edge_id)
 

@@ -5,6 +5,9 @@ document is handled by exactly one replica. The topic names the sender (the brok
 make it trustworthy), and the document must name the same UE. Documents of one UE are handled
 in order by one worker; different UEs in parallel. Every answer and every downlink document
 goes to ``<prefix>/ue/<ueSvcId>`` with QoS 1.
+
+Memory is bounded: the reader never waits, it offers each publish to a bounded per-UE
+backlog (backlog.py) and a publish that does not fit is answered with OVERLOADED.
 """
 
 from __future__ import annotations
@@ -14,21 +17,32 @@ import contextlib
 import json
 import logging
 import socket
-import zlib
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from msgin5g_common import aggregate
+from msgin5g_common import aggregate, metrics
 from msgin5g_common import header as h
-from msgin5g_common.errors import InvalidDocument, Msgin5gError, NotAuthorized, PayloadTooLarge
+from msgin5g_common.errors import (
+    Cause,
+    InvalidDocument,
+    Msgin5gError,
+    NotAuthorized,
+    PayloadTooLarge,
+)
 from msgin5g_common.uplink import Reply, UplinkHandler, failure_reply
+from msgin5g_mqtt_edge.backlog import Backlog
 from msgin5g_mqtt_edge.settings import MqttEdgeSettings
 
 log = logging.getLogger("msgin5g.mqtt_edge")
 
 RECONNECT_MIN, RECONNECT_MAX = 0.2, 10.0
+# One UE may hold this share of the replica's uplink backlog bytes.
+UE_SHARE = 16
+# Answers to shed publishes waiting to be published, at most (beyond that a flood gets no
+# answer: its sender is not reading them anyway). Each holds at most one document.
+REFUSALS = 1024
 
 
 class MqttBridge:
@@ -42,16 +56,21 @@ class MqttBridge:
         self.group_uplink = f"$share/{settings.mqtt_share_group}/{self.prefix}/group/#"
         self.client: aiomqtt.Client | None = None
         self.connected = asyncio.Event()
-        self._queues: list[asyncio.Queue[aiomqtt.Message]] = [
-            asyncio.Queue(maxsize=1000) for _ in range(max(1, settings.mqtt_workers))
-        ]
+        self._backlog: Backlog[tuple[str, bytes]] = Backlog(
+            settings.mqtt_ue_backlog,
+            settings.mqtt_backlog_bytes // UE_SHARE,
+            settings.mqtt_backlog_bytes,
+        )
+        self._refusals: asyncio.Queue[tuple[str, bytes, str]] = asyncio.Queue(REFUSALS)
+        self._workers = max(1, settings.mqtt_workers)
         self._tasks: list[asyncio.Task[None]] = []
 
     def downlink_topic(self, ue: str) -> str:
         return f"{self.prefix}/ue/{ue}"
 
     async def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._worker(q)) for q in self._queues]
+        self._tasks = [asyncio.create_task(self._worker()) for _ in range(self._workers)]
+        self._tasks.append(asyncio.create_task(self._refuse()))
         self._tasks.append(asyncio.create_task(self._run()))
 
     async def stop(self, grace: float = 5.0) -> None:
@@ -65,7 +84,7 @@ class MqttBridge:
             except aiomqtt.MqttError as exc:
                 log.warning("could not leave the shared subscription", extra={"error": str(exc)})
         try:
-            await asyncio.wait_for(asyncio.gather(*(q.join() for q in self._queues)), grace)
+            await asyncio.wait_for(self._backlog.drained(), grace)
         except TimeoutError:
             log.warning("stopping with uplink still queued")
         for task in self._tasks:
@@ -110,7 +129,7 @@ class MqttBridge:
                     log.info("broker connected", extra={"subscription": uplink})
                     delay = RECONNECT_MIN
                     async for message in client.messages:
-                        await self._queue_for(message).put(message)
+                        self.admit(message.topic.value, _payload_bytes(message.payload))
             except aiomqtt.MqttError as exc:
                 log.warning("broker connection lost", extra={"error": str(exc), "retryIn": delay})
             finally:
@@ -119,21 +138,55 @@ class MqttBridge:
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX)
 
-    def _queue_for(self, message: aiomqtt.Message) -> asyncio.Queue[aiomqtt.Message]:
-        index = zlib.crc32(message.topic.value.encode()) % len(self._queues)
-        return self._queues[index]
-
     # -- uplink --------------------------------------------------------------------------------
 
-    async def _worker(self, queue: asyncio.Queue[aiomqtt.Message]) -> None:
+    def admit(self, topic: str, payload: bytes) -> bool:
+        """Queues an uplink publish for the workers, in its UE's turn; a publish over the
+        backlog bounds is shed and answered with OVERLOADED. Never waits."""
+        # The UE the topic names; a group topic (its sender is only known once parsed), or an
+        # unusable one, is a backlog of its own.
+        key = self.topic_identity(topic) or topic
+        refused = self._backlog.offer(key, (topic, payload), len(payload))
+        if refused is None:
+            return True
+        metrics.LIMITED.labels("mqtt_backlog").inc()
+        metrics.ERRORS.labels(Cause.OVERLOADED.value).inc()
+        log.debug("uplink shed", extra={"topic": topic, "detail": refused})
+        # The answer needs the document's msgType and msgId: kept when it is worth parsing.
+        keep = payload if len(payload) <= h.document_limit(self.settings.max_payload) else b""
+        try:
+            self._refusals.put_nowait((topic, keep, refused))
+        except asyncio.QueueFull:
+            log.debug("uplink shed without an answer", extra={"topic": topic})
+        return False
+
+    async def _worker(self) -> None:
         while True:
-            message = await queue.get()
+            key, (topic, payload) = await self._backlog.take()
             try:
-                await self.handle(message.topic.value, _payload_bytes(message.payload))
+                await self.handle(topic, payload)
             except Exception:
-                log.exception("uplink failed", extra={"topic": message.topic.value})
+                log.exception("uplink failed", extra={"topic": topic})
             finally:
-                queue.task_done()
+                self._backlog.done(key)
+
+    async def _refuse(self) -> None:
+        """Answers shed publishes: the ``*RESP`` of each with OVERLOADED, to its sender."""
+        group_head = f"{self.prefix}/group/"
+        while True:
+            topic, payload, refused = await self._refusals.get()
+            try:
+                ue = _ori_of(payload) if topic.startswith(group_head) else None
+                ue = ue or self.topic_identity(topic)
+                if ue is None:
+                    continue
+                detail = f"uplink backlog full ({refused}); retry later"
+                answer = h.failure_response(payload, Cause.OVERLOADED.value, detail, ue)
+                await self.publish(ue, h.encode(answer))
+            except Exception:
+                log.exception("answering a shed publish failed", extra={"topic": topic})
+            finally:
+                self._refusals.task_done()
 
     def topic_identity(self, topic: str) -> str | None:
         """The UE an uplink topic names (``<prefix>/up/<ueSvcId>[/...]``), or None."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from msgin5g_common.settings import EdgeSettings
 
 
@@ -22,6 +24,11 @@ class MqttEdgeSettings(EdgeSettings):
     mqtt_keepalive: int = 30
     # Uplink documents handled in parallel (documents of one UE stay in order).
     mqtt_workers: int = 32
+    # Uplink waiting for a worker (backlog.py), bounded: publishes per UE, and bytes of all
+    # UEs together (one UE may hold a sixteenth of them). What does not fit is answered with
+    # OVERLOADED instead of being queued.
+    mqtt_ue_backlog: int = Field(default=256, ge=1)
+    mqtt_backlog_bytes: int = Field(default=64 << 20, ge=1 << 20)
     # Largest aggregated downlink document (a JSON array of MSG/IMDN documents), in bytes:
     # what waits for a UE that comes back leaves in few publishes (aggregate.py).
     mqtt_aggregate_bytes: int = 4096

@@ -55,6 +55,7 @@ async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
         rate=settings.fanout_rate,
         claim_after=settings.fanout_claim_after,
         max_payload=settings.max_payload,
+        max_pending=settings.max_pending,
     )
 
     server = GrpcServer(["msgin5g.v1.RouterService"])

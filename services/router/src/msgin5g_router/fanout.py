@@ -5,6 +5,8 @@ page goes into a Redis stream read by every router replica through a consumer gr
 that a replica took and did not acknowledge (it died) is claimed by another after a while.
 Handling a page twice is harmless: a member whose state already exists and is final is
 skipped, and enqueueing is idempotent. Deliveries are paced by a token bucket per replica.
+A member whose inbox is full (``max_pending``) does not get its copy: its state becomes FAILED
+with cause OVERLOADED.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from msgin5g.v1 import common_pb2 as pb
+from msgin5g_common import metrics
+from msgin5g_common.errors import Cause
 from msgin5g_common.keys import Keys, address_key_of, as_of
 from msgin5g_router import domain
 from msgin5g_router.dispatch import Dispatcher
@@ -87,6 +91,7 @@ class Fanout:
         claim_after: float = 15.0,
         parallel: int = 50,
         max_payload: int = 2048,
+        max_pending: int = 0,
     ) -> None:
         self.redis = redis
         self.keys = keys
@@ -98,6 +103,7 @@ class Fanout:
         self.claim_after_ms = int(claim_after * 1000)
         self.parallel = parallel
         self.max_payload = max_payload
+        self.max_pending = max_pending
         self._members = redis.register_script(_MEMBERS)
 
     # -- starting a fan-out (before the originator is answered) ------------------------------
@@ -203,9 +209,12 @@ class Fanout:
         limits = await self.store.max_seg_sizes(todo) if msg.payload else {}
         for start in range(0, len(todo), self.parallel):
             chunk = todo[start : start + self.parallel]
+            full = await self._full_inboxes(chunk)
             await asyncio.gather(
                 *(
-                    self._deliver_one(
+                    self._skip_full(msg, m, ori)
+                    if m in full
+                    else self._deliver_one(
                         msg, m, limits.get(m) or self.max_payload, rank, ori, expires_ms
                     )
                     for m in chunk
@@ -220,6 +229,29 @@ class Fanout:
                 "members": len(todo),
             },
         )
+
+    async def _full_inboxes(self, members: list[str]) -> set[str]:
+        """The UE members whose inbox holds ``max_pending`` documents (one round trip)."""
+        ues = [m for m in members if as_of(m) is None]
+        if not self.max_pending or not ues:
+            return set()
+        counts = await self.store.pending_counts(ues)
+        return {m for m, n in counts.items() if n >= self.max_pending}
+
+    async def _skip_full(self, msg: pb.Message, member: str, ori: str) -> None:
+        """The member's inbox is full: no copy for it, its state FAILED (OVERLOADED), and a
+        report to a sender that asked for one."""
+        metrics.LIMITED.labels("inbox").inc()
+        cause = Cause.OVERLOADED.value
+        changed = await self.store.set_state(
+            ori, msg.msg_id, address_key_of(member), "FAILED", cause
+        )
+        log.info(
+            "inbox full, copy skipped",
+            extra={"msgId": msg.msg_id, "ori": ori, "ueSvcId": member, "max": self.max_pending},
+        )
+        if changed and msg.deliv_st_req_ind:
+            await self.dispatcher.reports.failed(msg, member, cause)
 
     async def _deliver_one(
         self, msg: pb.Message, member: str, limit: int, rank: int, ori: str, expires_ms: int

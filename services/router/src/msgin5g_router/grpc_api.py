@@ -180,9 +180,11 @@ class RouterServicer(rgrpc.RouterServiceServicer):
             return rpb.SubmitMessageResponse(msg_id=msg.msg_id, result=pb.MSG_RESULT_ACCEPTED)
         whole = domain.reassemble([pb.Message.FromString(stored[n]) for n in range(1, total + 1)])
         reply = await self._submit(whole, kind, edge_id)
-        if reply.result != pb.MSG_RESULT_FAILED or reply.failure_cause != Cause.EXPIRED.value:
+        retry_later = (Cause.EXPIRED.value, Cause.OVERLOADED.value)
+        if reply.result != pb.MSG_RESULT_FAILED or reply.failure_cause not in retry_later:
             # Routed (or refused for good): the parts are no longer needed. The whole message
-            # is durable before they go, so a crash in between repeats, never loses.
+            # is durable before they go, so a crash in between repeats, never loses. Refused
+            # for now (the recipient's inbox is full): a segment sent again routes it then.
             await self.store.drop_reassembly(ori_key, sp.seg_id)
         log.info(
             "reassembled",
@@ -224,6 +226,19 @@ class RouterServicer(rgrpc.RouterServiceServicer):
                 Cause.UNKNOWN_RECIPIENT,
                 f"{domain.address_key(msg.dest_addr)} is not known",
             )
+        limit = self.settings.max_pending
+        if limit and as_of(rcpt) is None and parties.pending >= limit:
+            # A retransmission of a message accepted earlier is answered as the duplicate it
+            # is (below), not refused: only new messages are kept out of a full inbox.
+            ori_key = domain.address_key(msg.ori_addr)
+            if not await self.store.has_message(ori_key, msg.msg_id):
+                metrics.LIMITED.labels("inbox").inc()
+                return _failed(
+                    msg.msg_id,
+                    Cause.OVERLOADED,
+                    f"inbox of {domain.address_key(msg.dest_addr)} is full "
+                    f"({parties.pending} pending)",
+                )
 
         expiry = self._expiry(msg)
         if expiry is None:

@@ -17,6 +17,10 @@ class RouterSettings(CommonSettings):
     state_retention: int = Field(default=86400, ge=0)
     # Documents one inbox GET or Observe notification carries at most.
     inbox_limit: int = Field(default=16, ge=1)
+    # Documents pending (stored, not acknowledged) per UE at most: a new MSG for a UE whose
+    # inbox holds that many is refused with OVERLOADED (a group or topic member's copy is
+    # skipped: its state becomes FAILED, cause OVERLOADED). 0: no limit.
+    max_pending: int = Field(default=1000, ge=0)
     # Unacknowledged downlink is sent again after retry_base seconds, doubling up to
     # retry_max, at most retry_limit times (then it waits for the UE to show up).
     retry_base: float = Field(default=5.0, gt=0)

@@ -200,6 +200,8 @@ class Parties:
     route_changed: bool
     as_target: str | None
     max_seg_size: int = 0
+    # Documents pending in the recipient's inbox.
+    pending: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,8 +274,9 @@ class RouterStore:
     async def parties(
         self, ori: str, rcpt: str, touch: tuple[str, str, int] | None = None
     ) -> Parties:
-        """The parties of a P2P/P2A/A2P message in one round trip; ``touch`` (kind, edge id,
-        TTL ms) also points the originator's lease at the edge it came through."""
+        """The parties of a P2P/P2A/A2P message in one round trip (with the size of the
+        recipient's inbox); ``touch`` (kind, edge id, TTL ms) also points the originator's
+        lease at the edge it came through."""
         as_id = as_of(rcpt)
 
         def build(pipe: Any) -> None:
@@ -284,11 +287,12 @@ class RouterStore:
                 pipe.hmget(self.keys.route(rcpt), ["kind", "edge"])
             else:
                 pipe.hget(self.keys.as_reg(as_id), "targetUri")
+            pipe.zcard(self.keys.inbox(rcpt))
             if touch is not None:
                 self._queue(pipe, self._touch_route, [self.keys.route(ori)], list(touch))
 
         replies = await self._execute(build)
-        ori_reg, rcpt_known, (transport, max_seg), where = replies[:4]
+        ori_reg, rcpt_known, (transport, max_seg), where, pending = replies[:5]
         route = None
         target = None
         if as_id is None:
@@ -302,10 +306,23 @@ class RouterStore:
             rcpt_known=bool(rcpt_known) or transport is not None,
             transport=text_or_none(transport),
             route=route,
-            route_changed=touch is not None and bool(replies[4]),
+            route_changed=touch is not None and bool(replies[5]),
             as_target=target,
             max_seg_size=int(max_seg or 0),
+            pending=int(pending),
         )
+
+    async def pending_counts(self, rcpts: list[str]) -> dict[str, int]:
+        """How many documents are pending for each recipient, in one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for rcpt in rcpts:
+                pipe.zcard(self.keys.inbox(rcpt))
+            counts = await pipe.execute()
+        return {r: int(n) for r, n in zip(rcpts, counts, strict=True)}
+
+    async def has_message(self, ori: str, msg_id: str) -> bool:
+        """Whether a message record of ``ori`` with ``msg_id`` exists (accepted before)."""
+        return bool(await self.redis.exists(self.keys.message(ori, msg_id)))
 
     async def is_registered(self, rcpt: str) -> bool:
         return bool(await self.redis.exists(self.keys.registration(rcpt)))
