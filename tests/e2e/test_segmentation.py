@@ -20,7 +20,7 @@ import pytest_asyncio
 
 from msgin5g_client import CoapUe, MqttUe, RequestFailed
 from msgin5g_client.common import build_msg
-from msgin5g_client.segments import Reassembler, split
+from msgin5g_client.segments import Outbox, Reassembler, split
 from msgin5g_common import header as h
 from msgin5g_devstack.stack import Stack
 from tests.conftest import new_ue_id, stack_config
@@ -163,6 +163,11 @@ async def test_a_lost_segment_fails_the_message_with_segment_timeout(
         parts = split(msg, 2048)
         for part in parts[:2] + parts[3:]:  # the third one is lost on the way
             await a.send_msg(part)
+        # The server asks for it once (SEGREC) ...
+        request = await asyncio.wait_for(a.receive(), WAIT)
+        assert isinstance(request, h.SegRec)
+        assert (request.seg_id, request.missing) == (msg.msg_id, (3,))
+        # ... and, not getting it, gives up.
         report = await asyncio.wait_for(a.receive(), WAIT)
         assert isinstance(report, h.Imdn)
         assert report.msg_id == msg.msg_id
@@ -204,3 +209,30 @@ async def test_a_long_group_message_reaches_each_member_in_its_own_segment_size(
             assert whole.msg_id == msg.msg_id
             assert len(segments) == count
             assert all(len((s.payload or "").encode()) <= size for s in segments)
+
+
+async def test_a_lost_segment_is_recovered_when_the_sender_answers_segrec(
+    quick_timeout_stack: Stack,
+) -> None:
+    stack = quick_timeout_stack
+    async with (
+        CoapUe(new_ue_id("coap-a"), stack.coap_addr) as a,
+        MqttUe(new_ue_id("mqtt-b"), stack.mqtt_addr) as b,
+    ):
+        await a.register()
+        await b.register()
+        await a.start_observing()
+        msg = build_msg(a.ue_svc_id, b.ue_svc_id, LONG)
+        parts = split(msg, 2048)
+        outbox = Outbox()
+        outbox.remember(parts)
+        for part in parts[:1] + parts[2:4]:  # the second and the last are lost
+            await a.send_msg(part)
+        request = await asyncio.wait_for(a.receive(), WAIT)
+        assert isinstance(request, h.SegRec)
+        assert request.missing == (2, 5)
+        answers = [await a.send_msg(part) for part in outbox.asked(request)]
+        assert len(answers) == 2
+        whole, _ = await _receive_whole(b, Reassembler())
+        assert whole.payload == LONG
+        await _until_state(stack, msg.msg_id, a.ue_svc_id, "DELIVERED")

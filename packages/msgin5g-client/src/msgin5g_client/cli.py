@@ -236,6 +236,9 @@ def describe(doc: DownlinkDoc, ue: str) -> str:
     if isinstance(doc, h.Imdn):
         cause = f" ({doc.failure_cause})" if doc.failure_cause else ""
         return f"report from {doc.ori_addr} (msgId {doc.msg_id}): {doc.deliv_st.value}{cause}"
+    if isinstance(doc, h.SegRec):
+        missing = ", ".join(str(n) for n in doc.missing)
+        return f"the server asks for segment(s) {missing} of message {doc.seg_id} again"
     prefix = f"[{doc.priority.value}] " if doc.priority else ""
     to = ""
     if doc.dest_addr != h.Address(h.AddrType.UE, ue):

@@ -259,7 +259,7 @@ class CoapUe:
 
 def _downlink(payload: bytes) -> list[DownlinkDoc]:
     docs = h.decode_downlink_list(payload)
-    return [d for d in docs if isinstance(d, h.Msg | h.Imdn)]
+    return [d for d in docs if isinstance(d, h.Msg | h.Imdn | h.SegRec)]
 
 
 def _failure(response: Any) -> RequestFailed:

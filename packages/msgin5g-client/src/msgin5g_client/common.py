@@ -11,7 +11,7 @@ from typing import TypeVar
 
 from msgin5g_common import header as h
 
-DownlinkDoc = h.Msg | h.Imdn
+DownlinkDoc = h.Downlink
 T = TypeVar("T")
 
 

@@ -114,7 +114,7 @@ class MqttUe:
 
     async def _sort(self, doc: h.Document) -> None:
         """A downlink document goes to the receive queue, an answer to whoever waits for it."""
-        if isinstance(doc, h.Msg | h.Imdn):
+        if isinstance(doc, h.Msg | h.Imdn | h.SegRec):
             await self._downlink.put(doc)
             return
         waiter = self._waiters.pop(_answer_key(doc), None)

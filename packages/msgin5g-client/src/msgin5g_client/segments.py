@@ -78,3 +78,25 @@ class Reassembler:
             seg_ind=False,
             seg_params=None,
         )
+
+
+class Outbox:
+    """The segments a UE sent, kept so that it can answer the server's SEGREC (a request for
+    the segments that did not arrive) by sending them again."""
+
+    def __init__(self, capacity: int = 64) -> None:
+        self._sent: dict[str, dict[int, h.Msg]] = {}
+        self.capacity = capacity
+
+    def remember(self, parts: list[h.Msg]) -> None:
+        for part in parts:
+            if part.seg_params is not None and part.seg_params.seg_numb is not None:
+                sent = self._sent.setdefault(part.seg_params.seg_id, {})
+                sent[part.seg_params.seg_numb] = part
+        while len(self._sent) > self.capacity:
+            del self._sent[next(iter(self._sent))]
+
+    def asked(self, request: h.SegRec) -> list[h.Msg]:
+        """The segments ``request`` asks for, as they were sent (those still known)."""
+        sent = self._sent.get(request.seg_id, {})
+        return [sent[n] for n in request.missing if n in sent]

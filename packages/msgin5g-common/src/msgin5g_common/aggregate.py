@@ -26,7 +26,7 @@ from msgin5g_common import header as h
 from msgin5g_common.errors import InvalidDocument, PayloadTooLarge
 
 
-def pack(docs: Sequence[h.Msg | h.Imdn], limit: int) -> list[bytes]:
+def pack(docs: Sequence[h.Downlink], limit: int) -> list[bytes]:
     """The payloads to send, in order, for ``docs`` (in inbox order)."""
     out: list[bytes] = []
     group: list[bytes] = []

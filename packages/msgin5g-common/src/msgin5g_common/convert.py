@@ -153,7 +153,19 @@ def imdn_from_pb(imdn: pb.Imdn) -> h.Imdn:
     )
 
 
-def downlink_from_pb(doc: pb.Downlink) -> h.Msg | h.Imdn:
-    if doc.WhichOneof("doc") == "imdn":
+def segrec_from_pb(rec: pb.SegRec) -> h.SegRec:
+    return h.SegRec(
+        ori_addr=address_from_pb(rec.ori_addr),
+        dest_addr=address_from_pb(rec.dest_addr),
+        seg_id=rec.seg_id,
+        missing=tuple(rec.missing),
+    )
+
+
+def downlink_from_pb(doc: pb.Downlink) -> h.Downlink:
+    kind = doc.WhichOneof("doc")
+    if kind == "imdn":
         return imdn_from_pb(doc.imdn)
+    if kind == "segrec":
+        return segrec_from_pb(doc.segrec)
     return msg_from_pb(doc.msg)

@@ -153,6 +153,22 @@ class Imdn:
 
 
 @dataclass(frozen=True, slots=True)
+class SegRec:
+    """The server asks the originator (``oriAddr``) of a message sent in segments for the
+    segments it misses (TS 24.538 SEGREC); ``segId`` names the message."""
+
+    ori_addr: Address
+    dest_addr: Address
+    seg_id: str
+    missing: tuple[int, ...]
+
+    @property
+    def msg_id(self) -> str:
+        """The message the request is about (its acknowledgement names it)."""
+        return self.seg_id
+
+
+@dataclass(frozen=True, slots=True)
 class MsgUpd:
     """The originator changes the expiry of its stored message or discards it (a project
     extension implementing TS 23.554 8.3.6.1)."""
@@ -206,7 +222,10 @@ Document: TypeAlias = (
     | SubResp
     | MsgUpd
     | MsgUpdResp
+    | SegRec
 )
+# What the server delivers to a UE (its inbox, its downlink topic).
+Downlink: TypeAlias = Msg | Imdn | SegRec
 Uplink: TypeAlias = Reg | Dereg | Msg | MsgResp | Imdn | Sub | Unsub | MsgUpd
 
 
@@ -439,6 +458,22 @@ def _imdn(f: _Fields, max_payload: int) -> Imdn:
     return Imdn(ori, dest, msg_id, st, cause)
 
 
+def _segrec(f: _Fields, max_payload: int) -> SegRec:
+    ori = f.address("oriAddr", required=True)
+    dest = f.address("destAddr", required=True)
+    assert ori is not None
+    assert dest is not None
+    seg_id = f.get("segId", str, required=True)
+    if not valid_msg_id(seg_id):
+        raise InvalidDocument("segId: must be 1-128 printable ASCII characters")
+    missing = f.get("missingSegs", list, required=True)
+    if not missing or not all(
+        isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 65535 for n in missing
+    ):
+        raise InvalidDocument("missingSegs: a non-empty list of segment numbers (1-65535)")
+    return SegRec(ori, dest, seg_id, tuple(missing))
+
+
 def _msgupd(f: _Fields, max_payload: int) -> MsgUpd:
     msg_id = f.msg_id()
     ori = f.address("oriAddr", required=True)
@@ -575,6 +610,7 @@ _ANY: dict[str, Callable[[_Fields, int], Any]] = {
     **_UPLINK,
     "MSGRESP": lambda f, max_payload: _msgresp(f, max_payload, from_server=True),
     "MSGUPDRESP": _msgupdresp,
+    "SEGREC": _segrec,
     **{kind: _result_resp(kind) for kind in _DOWNLINK_ONLY},
 }
 
@@ -672,6 +708,14 @@ def to_json(doc: Document) -> dict[str, Any]:
                     "failureCause": doc.failure_cause,
                 }
             )
+        case SegRec():
+            return {
+                "msgType": "SEGREC",
+                "oriAddr": doc.ori_addr.to_json(),
+                "destAddr": doc.dest_addr.to_json(),
+                "segId": doc.seg_id,
+                "missingSegs": list(doc.missing),
+            }
         case Sub():
             return _drop_none(
                 {

@@ -224,7 +224,7 @@ class UplinkHandler:
         resp = h.MsgUpdResp(doc.msg_id, h.Result.FAILURE, err.cause.value, err.detail)
         return Reply(resp, err.cause, err.detail)
 
-    async def inbox(self, ue: str, limit: int = 0) -> list[h.Msg | h.Imdn]:
+    async def inbox(self, ue: str, limit: int = 0) -> list[h.Downlink]:
         reply = await self.router.GetInbox(
             rpb.GetInboxRequest(ue_svc_id=ue, limit=limit), timeout=self.timeout
         )

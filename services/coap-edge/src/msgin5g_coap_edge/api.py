@@ -290,7 +290,7 @@ class CoapApi(resource.Resource, interfaces.ObservableResource, resource.PathCap
         docs = await self.handler.inbox(ue)
         return json_message(Code.CONTENT, self.render_inbox(_on_topic(docs, topic)))
 
-    def render_inbox(self, docs: list[h.Msg | h.Imdn]) -> bytes:
+    def render_inbox(self, docs: list[h.Downlink]) -> bytes:
         """A JSON array of documents, cut to what fits one notification (at least one)."""
         items: list[bytes] = []
         size = 2
@@ -313,7 +313,7 @@ class CoapApi(resource.Resource, interfaces.ObservableResource, resource.PathCap
 
     # -- downlink ------------------------------------------------------------------------------
 
-    def notify(self, ue: str, docs: list[h.Msg | h.Imdn]) -> bool:
+    def notify(self, ue: str, docs: list[h.Downlink]) -> bool:
         """Sends the UE's inbox to each of its inbox observers, and its topic messages to its
         topic observers; False when it has no observer here."""
         notified = False
@@ -379,7 +379,7 @@ def _query(request: Message, name: str) -> str | None:
     return None
 
 
-def _on_topic(docs: list[h.Msg | h.Imdn], topic: str) -> list[h.Msg | h.Imdn]:
+def _on_topic(docs: list[h.Downlink], topic: str) -> list[h.Downlink]:
     wanted = h.Address(h.AddrType.TOPIC, topic)
     return [d for d in docs if isinstance(d, h.Msg) and d.dest_addr == wanted]
 

@@ -61,7 +61,7 @@ class Pusher:
     def ues(self) -> list[str]:
         return list(self._targets)
 
-    def push(self, ue: str, docs: list[h.Msg | h.Imdn]) -> bool:
+    def push(self, ue: str, docs: list[h.Downlink]) -> bool:
         """Starts pushing ``docs`` to the UE; False when it is not a push UE of this replica."""
         remote = self._targets.get(ue)
         if remote is None or self.context is None or not docs:
@@ -71,7 +71,7 @@ class Pusher:
         task.add_done_callback(self._tasks.discard)
         return True
 
-    async def _push(self, ue: str, remote: Any, docs: list[h.Msg | h.Imdn]) -> None:
+    async def _push(self, ue: str, remote: Any, docs: list[h.Downlink]) -> None:
         async with self._busy.setdefault(ue, asyncio.Lock()):
             for doc in docs:
                 key = (ue, doc.ori_addr.addr_type.value, doc.ori_addr.addr, doc.msg_id)
@@ -89,7 +89,7 @@ class Pusher:
                 )
                 await self.handler.handle(ack)
 
-    async def _post(self, ue: str, remote: Any, doc: h.Msg | h.Imdn) -> bool:
+    async def _post(self, ue: str, remote: Any, doc: h.Downlink) -> bool:
         assert self.context is not None
         request = Message(code=Code.POST, payload=h.encode(doc), content_format=ContentFormat.JSON)
         request.remote = remote

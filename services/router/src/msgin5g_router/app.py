@@ -44,7 +44,14 @@ async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
     )
     reports = dispatcher.reports
     holder = settings.router_id or f"router-{socket.gethostname()}-{os.getpid()}"
-    sweeper = Sweeper(store, dispatcher, reports, holder, settings.sweep_interval)
+    sweeper = Sweeper(
+        store,
+        dispatcher,
+        reports,
+        holder,
+        settings.sweep_interval,
+        reassembly_timeout=settings.reassembly_timeout,
+    )
     fanout = Fanout(
         redis,
         Keys(settings.redis_prefix),

@@ -54,6 +54,11 @@ def imdn_ref(reporter: pb.Address, msg_id: str) -> str:
     return f"IMDN{SEP}{address_key(reporter)}{SEP}{msg_id}"
 
 
+def segrec_ref(ori: pb.Address, seg_id: str) -> str:
+    """The inbox entry of a request for the missing segments of ``ori``'s message ``seg_id``."""
+    return f"SEGREC{SEP}{address_key(ori)}{SEP}{seg_id}"
+
+
 def backoff_ms(attempt: int, base_ms: int, max_ms: int) -> int:
     """Delay before re-sending after the ``attempt``-th unacknowledged forward: doubling."""
     return int(min(base_ms * (2 ** max(attempt - 1, 0)), max_ms))

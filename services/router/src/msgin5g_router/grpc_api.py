@@ -392,6 +392,7 @@ class RouterServicer(rgrpc.RouterServiceServicer):
             refs = [
                 domain.msg_ref(request.ori_addr, request.msg_id),
                 domain.imdn_ref(request.ori_addr, request.msg_id),
+                domain.segrec_ref(request.ori_addr, request.msg_id),
             ]
             exact = True
         else:

@@ -33,6 +33,23 @@ class Reports:
             await self.store.schedule_expiry(sender, ref, expires)
         self.spawn(sender, [ref])
 
+    async def ask_for_segments(self, first: pb.Message, missing: list[int], ttl_s: float) -> None:
+        """Queues a SEGREC for the originator of an incomplete segmented message (``first``
+        is one of its segments): it lives as long as the reassembly waits for the answer."""
+        originator = domain.recipient_of(first.ori_addr)
+        if originator is None:
+            return
+        seg_id = first.seg_params.seg_id
+        ref = domain.segrec_ref(first.ori_addr, seg_id)
+        doc = pb.Downlink(
+            segrec=pb.SegRec(
+                ori_addr=first.ori_addr, dest_addr=first.dest_addr, seg_id=seg_id, missing=missing
+            )
+        ).SerializeToString()
+        if await self.store.enqueue(originator, ref, doc, domain.priority_rank(pb.PRIORITY_HIGH)):
+            await self.store.schedule_expiry(originator, ref, int((time.time() + ttl_s) * 1000))
+        self.spawn(originator, [ref])
+
     async def failed(self, msg: pb.Message, recipient: str, cause: str) -> None:
         """The server's own report that ``msg`` could not be delivered to ``recipient`` (a
         recipient id: UE or AS)."""

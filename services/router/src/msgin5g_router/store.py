@@ -101,7 +101,9 @@ return changed
 _ADD_SEGMENT = """
 local total = tonumber(redis.call('HGET', KEYS[1], 'total') or '0')
 local held = redis.call('HLEN', KEYS[1])
-if redis.call('EXISTS', KEYS[1]) == 1 then held = held - 1 end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  held = held - 1 - redis.call('HEXISTS', KEYS[1], 'asked')
+end
 if redis.call('HEXISTS', KEYS[1], 'n:' .. ARGV[1]) == 1 then return {0, held, total} end
 local declared = tonumber(ARGV[3])
 if declared > 0 then
@@ -487,13 +489,33 @@ class RouterStore:
         return int(status), int(held), int(total)
 
     async def segments(self, ori: str, seg_id: str) -> dict[int, bytes]:
+        parts, _, _ = await self.reassembly(ori, seg_id)
+        return parts
+
+    async def reassembly(self, ori: str, seg_id: str) -> tuple[dict[int, bytes], int, bool]:
+        """The segments held by number, the total (0: not known yet), and whether the
+        originator was asked for the missing ones already."""
         raw = await self.redis.hgetall(self.keys.reassembly(ori, seg_id))
-        out: dict[int, bytes] = {}
+        parts: dict[int, bytes] = {}
+        total, asked = 0, False
         for field, value in raw.items():
             name = as_text(field)
             if name.startswith("n:"):
-                out[int(name[2:])] = _bytes(value)
-        return out
+                parts[int(name[2:])] = _bytes(value)
+            elif name == "total":
+                total = int(value)
+            elif name == "asked":
+                asked = True
+        return parts, total, asked
+
+    async def ask_again(self, ori: str, seg_id: str, deadline_ms: int, ttl_ms: int) -> None:
+        """The originator was asked for the missing segments: one more deadline."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(self.keys.reassembly(ori, seg_id), "asked", 1)
+            pipe.pexpire(self.keys.reassembly(ori, seg_id), ttl_ms)
+            pipe.pexpire(self.keys.reassemblies(ori), ttl_ms)
+            pipe.zadd(self.keys.reassembly_deadlines(), {f"{ori}{SEP}{seg_id}": deadline_ms})
+            await pipe.execute()
 
     async def drop_reassembly(self, ori: str, seg_id: str) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -31,12 +31,14 @@ class Sweeper:
         reports: Reports,
         holder: str,
         interval: float,
+        reassembly_timeout: float = 60.0,
     ) -> None:
         self.store = store
         self.dispatcher = dispatcher
         self.reports = reports
         self.holder = holder
         self.interval = interval
+        self.reassembly_timeout_s = reassembly_timeout
 
     async def run(self) -> None:
         while True:
@@ -77,13 +79,27 @@ class Sweeper:
         await self.store.unschedule_expiry(ue, ref)
 
     async def reassembly_timeout(self, ori: str, seg_id: str) -> None:
-        """A message sent in segments did not arrive whole in time: its parts are dropped
-        and the originator gets a failure report with SEGMENT_TIMEOUT (unless the whole
-        message was routed and only the clean-up was interrupted)."""
-        parts = await self.store.segments(ori, seg_id)
+        """A message sent in segments did not arrive whole in time. A UE is asked once for
+        the missing segments (SEGREC) and given the same time again; after that (or at once
+        for an AS) the parts are dropped and the originator gets a failure report with
+        SEGMENT_TIMEOUT (unless the whole message was routed and only the clean-up was
+        interrupted)."""
+        parts, total, asked = await self.store.reassembly(ori, seg_id)
         record = await self.store.record(ori, seg_id)
         if parts and "doc" not in record:
             first = pb.Message.FromString(next(iter(parts.values())))
+            if not asked and first.ori_addr.addr_type == pb.ADDR_TYPE_UE:
+                top = total or max(parts) + 1
+                missing = [n for n in range(1, top + 1) if n not in parts]
+                wait = self.reassembly_timeout_s
+                await self.store.ask_again(
+                    ori, seg_id, now_ms() + int(wait * 1000), int(2 * wait * 1000)
+                )
+                await self.reports.ask_for_segments(first, missing, wait)
+                log.info(
+                    "segments asked again", extra={"segId": seg_id, "ori": ori, "missing": missing}
+                )
+                return
             sender = domain.recipient_of(first.ori_addr)
             log.info(
                 "reassembly timed out",

@@ -25,25 +25,25 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17msgin5g/v1/common.proto\x12\nmsgin5g.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"@\n\x07\x41\x64\x64ress\x12\'\n\taddr_type\x18\x01 \x01(\x0e\x32\x14.msgin5g.v1.AddrType\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\t\"F\n\x15StoreAndForwardParams\x12-\n\texpr_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"a\n\rSegmentParams\x12\x0e\n\x06seg_id\x18\x01 \x01(\t\x12\x17\n\x0ftotal_seg_count\x18\x02 \x01(\r\x12\x10\n\x08seg_numb\x18\x03 \x01(\r\x12\x15\n\rlast_seg_flag\x18\x04 \x01(\x08\"\xc3\x03\n\x07Message\x12\x0e\n\x06msg_id\x18\x01 \x01(\t\x12%\n\x08ori_addr\x18\x02 \x01(\x0b\x32\x13.msgin5g.v1.Address\x12&\n\tdest_addr\x18\x03 \x01(\x0b\x32\x13.msgin5g.v1.Address\x12\x0e\n\x06\x61pp_id\x18\x04 \x01(\t\x12\x14\n\x07payload\x18\x05 \x01(\tH\x00\x88\x01\x01\x12&\n\x08priority\x18\x06 \x01(\x0e\x32\x14.msgin5g.v1.Priority\x12\x18\n\x10\x64\x65liv_st_req_ind\x18\x07 \x01(\x08\x12\x1b\n\x0esto_and_fw_ind\x18\x08 \x01(\x08H\x01\x88\x01\x01\x12<\n\x11sto_and_fw_params\x18\t \x01(\x0b\x32!.msgin5g.v1.StoreAndForwardParams\x12\x0f\n\x07seg_ind\x18\n \x01(\x08\x12-\n\nseg_params\x18\x0b \x01(\x0b\x32\x19.msgin5g.v1.SegmentParams\x12&\n\trcpt_addr\x18\x0c \x01(\x0b\x32\x13.msgin5g.v1.Address\x12\x0f\n\x07latency\x18\r \x01(\rB\n\n\x08_payloadB\x11\n\x0f_sto_and_fw_ind\"\xaa\x01\n\x04Imdn\x12%\n\x08ori_addr\x18\x01 \x01(\x0b\x32\x13.msgin5g.v1.Address\x12&\n\tdest_addr\x18\x02 \x01(\x0b\x32\x13.msgin5g.v1.Address\x12\x0e\n\x06msg_id\x18\x03 \x01(\t\x12,\n\x08\x64\x65liv_st\x18\x04 \x01(\x0e\x32\x1a.msgin5g.v1.DeliveryStatus\x12\x15\n\rfailure_cause\x18\x05 \x01(\t\"W\n\x08\x44ownlink\x12\"\n\x03msg\x18\x01 \x01(\x0b\x32\x13.msgin5g.v1.MessageH\x00\x12 \n\x04imdn\x18\x02 \x01(\x0b\x32\x10.msgin5g.v1.ImdnH\x00\x42\x05\n\x03\x64oc\">\n\x07\x45\x64geRef\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.msgin5g.v1.EdgeKind\x12\x0f\n\x07\x65\x64ge_id\x18\x02 \x01(\t*\x85\x01\n\x08\x41\x64\x64rType\x12\x19\n\x15\x41\x44\x44R_TYPE_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x41\x44\x44R_TYPE_UE\x10\x01\x12\x10\n\x0c\x41\x44\x44R_TYPE_AS\x10\x02\x12\x13\n\x0f\x41\x44\x44R_TYPE_GROUP\x10\x03\x12\x13\n\x0f\x41\x44\x44R_TYPE_TOPIC\x10\x04\x12\x10\n\x0c\x41\x44\x44R_TYPE_BC\x10\x05*^\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x11\n\rPRIORITY_HIGH\x10\x01\x12\x13\n\x0fPRIORITY_MIDDLE\x10\x02\x12\x10\n\x0cPRIORITY_LOW\x10\x03*\x88\x01\n\tMsgResult\x12\x1a\n\x16MSG_RESULT_UNSPECIFIED\x10\x00\x12\x17\n\x13MSG_RESULT_ACCEPTED\x10\x01\x12\x15\n\x11MSG_RESULT_STORED\x10\x02\x12\x18\n\x14MSG_RESULT_DELIVERED\x10\x03\x12\x15\n\x11MSG_RESULT_FAILED\x10\x04*~\n\x0e\x44\x65liveryStatus\x12\x1f\n\x1b\x44\x45LIVERY_STATUS_UNSPECIFIED\x10\x00\x12%\n!DELIVERY_STATUS_REPT_DELY_SUCCESS\x10\x01\x12$\n DELIVERY_STATUS_REPT_DELY_FAILED\x10\x02*c\n\x08\x45\x64geKind\x12\x19\n\x15\x45\x44GE_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x45\x44GE_KIND_COAP\x10\x01\x12\x12\n\x0e\x45\x44GE_KIND_MQTT\x10\x02\x12\x14\n\x10\x45\x44GE_KIND_AS_API\x10\x03*`\n\x0c\x44\x65liveryMode\x12\x1d\n\x19\x44\x45LIVERY_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44\x45LIVERY_MODE_OBSERVE\x10\x01\x12\x16\n\x12\x44\x45LIVERY_MODE_PUSH\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17msgin5g/v1/common.proto\x12\nmsgin5g.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"@\n\x07\x41\x64\x64ress\x12\'\n\taddr_type\x18\x01 \x01(\x0e\x32\x14.msgin5g.v1.AddrType\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\t\"F\n\x15StoreAndForwardParams\x12-\n\texpr_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"a\n\rSegmentParams\x12\x0e\n\x06seg_id\x18\x01 \x01(\t\x12\x17\n\x0ftotal_seg_count\x18\x02 \x01(\r\x12\x10\n\x08seg_numb\x18\x03 \x01(\r\x12\x15\n\rlast_seg_flag\x18\x04 \x01(\x08\"\xc3\x03\n\x07Message\x12\x0e\n\x06msg_id\x18\x01 \x01(\t\x12%\n\x08ori_addr\x18\x02 \x01(\x0b\x32\x13.msgin5g.v1.Address\x12&\n\tdest_addr\x18\x03 \x01(\x0b\x32\x13.msgin5g.v1.Address\x12\x0e\n\x06\x61pp_id\x18\x04 \x01(\t\x12\x14\n\x07payload\x18\x05 \x01(\tH\x00\x88\x01\x01\x12&\n\x08priority\x18\x06 \x01(\x0e\x32\x14.msgin5g.v1.Priority\x12\x18\n\x10\x64\x65liv_st_req_ind\x18\x07 \x01(\x08\x12\x1b\n\x0esto_and_fw_ind\x18\x08 \x01(\x08H\x01\x88\x01\x01\x12<\n\x11sto_and_fw_params\x18\t \x01(\x0b\x32!.msgin5g.v1.StoreAndForwardParams\x12\x0f\n\x07seg_ind\x18\n \x01(\x08\x12-\n\nseg_params\x18\x0b \x01(\x0b\x32\x19.msgin5g.v1.SegmentParams\x12&\n\trcpt_addr\x18\x0c \x01(\x0b\x32\x13.msgin5g.v1.Address\x12\x0f\n\x07latency\x18\r \x01(\rB\n\n\x08_payloadB\x11\n\x0f_sto_and_fw_ind\"\xaa\x01\n\x04Imdn\x12%\n\x08ori_addr\x18\x01 \x01(\x0b\x32\x13.msgin5g.v1.Address\x12&\n\tdest_addr\x18\x02 \x01(\x0b\x32\x13.msgin5g.v1.Address\x12\x0e\n\x06msg_id\x18\x03 \x01(\t\x12,\n\x08\x64\x65liv_st\x18\x04 \x01(\x0e\x32\x1a.msgin5g.v1.DeliveryStatus\x12\x15\n\rfailure_cause\x18\x05 \x01(\t\"x\n\x06SegRec\x12%\n\x08ori_addr\x18\x01 \x01(\x0b\x32\x13.msgin5g.v1.Address\x12&\n\tdest_addr\x18\x02 \x01(\x0b\x32\x13.msgin5g.v1.Address\x12\x0e\n\x06seg_id\x18\x03 \x01(\t\x12\x0f\n\x07missing\x18\x04 \x03(\r\"}\n\x08\x44ownlink\x12\"\n\x03msg\x18\x01 \x01(\x0b\x32\x13.msgin5g.v1.MessageH\x00\x12 \n\x04imdn\x18\x02 \x01(\x0b\x32\x10.msgin5g.v1.ImdnH\x00\x12$\n\x06segrec\x18\x03 \x01(\x0b\x32\x12.msgin5g.v1.SegRecH\x00\x42\x05\n\x03\x64oc\">\n\x07\x45\x64geRef\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.msgin5g.v1.EdgeKind\x12\x0f\n\x07\x65\x64ge_id\x18\x02 \x01(\t*\x85\x01\n\x08\x41\x64\x64rType\x12\x19\n\x15\x41\x44\x44R_TYPE_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x41\x44\x44R_TYPE_UE\x10\x01\x12\x10\n\x0c\x41\x44\x44R_TYPE_AS\x10\x02\x12\x13\n\x0f\x41\x44\x44R_TYPE_GROUP\x10\x03\x12\x13\n\x0f\x41\x44\x44R_TYPE_TOPIC\x10\x04\x12\x10\n\x0c\x41\x44\x44R_TYPE_BC\x10\x05*^\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x11\n\rPRIORITY_HIGH\x10\x01\x12\x13\n\x0fPRIORITY_MIDDLE\x10\x02\x12\x10\n\x0cPRIORITY_LOW\x10\x03*\x88\x01\n\tMsgResult\x12\x1a\n\x16MSG_RESULT_UNSPECIFIED\x10\x00\x12\x17\n\x13MSG_RESULT_ACCEPTED\x10\x01\x12\x15\n\x11MSG_RESULT_STORED\x10\x02\x12\x18\n\x14MSG_RESULT_DELIVERED\x10\x03\x12\x15\n\x11MSG_RESULT_FAILED\x10\x04*~\n\x0e\x44\x65liveryStatus\x12\x1f\n\x1b\x44\x45LIVERY_STATUS_UNSPECIFIED\x10\x00\x12%\n!DELIVERY_STATUS_REPT_DELY_SUCCESS\x10\x01\x12$\n DELIVERY_STATUS_REPT_DELY_FAILED\x10\x02*c\n\x08\x45\x64geKind\x12\x19\n\x15\x45\x44GE_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x45\x44GE_KIND_COAP\x10\x01\x12\x12\n\x0e\x45\x44GE_KIND_MQTT\x10\x02\x12\x14\n\x10\x45\x44GE_KIND_AS_API\x10\x03*`\n\x0c\x44\x65liveryMode\x12\x1d\n\x19\x44\x45LIVERY_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44\x45LIVERY_MODE_OBSERVE\x10\x01\x12\x16\n\x12\x44\x45LIVERY_MODE_PUSH\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'msgin5g.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ADDRTYPE']._serialized_start=1090
-  _globals['_ADDRTYPE']._serialized_end=1223
-  _globals['_PRIORITY']._serialized_start=1225
-  _globals['_PRIORITY']._serialized_end=1319
-  _globals['_MSGRESULT']._serialized_start=1322
-  _globals['_MSGRESULT']._serialized_end=1458
-  _globals['_DELIVERYSTATUS']._serialized_start=1460
-  _globals['_DELIVERYSTATUS']._serialized_end=1586
-  _globals['_EDGEKIND']._serialized_start=1588
-  _globals['_EDGEKIND']._serialized_end=1687
-  _globals['_DELIVERYMODE']._serialized_start=1689
-  _globals['_DELIVERYMODE']._serialized_end=1785
+  _globals['_ADDRTYPE']._serialized_start=1250
+  _globals['_ADDRTYPE']._serialized_end=1383
+  _globals['_PRIORITY']._serialized_start=1385
+  _globals['_PRIORITY']._serialized_end=1479
+  _globals['_MSGRESULT']._serialized_start=1482
+  _globals['_MSGRESULT']._serialized_end=1618
+  _globals['_DELIVERYSTATUS']._serialized_start=1620
+  _globals['_DELIVERYSTATUS']._serialized_end=1746
+  _globals['_EDGEKIND']._serialized_start=1748
+  _globals['_EDGEKIND']._serialized_end=1847
+  _globals['_DELIVERYMODE']._serialized_start=1849
+  _globals['_DELIVERYMODE']._serialized_end=1945
   _globals['_ADDRESS']._serialized_start=72
   _globals['_ADDRESS']._serialized_end=136
   _globals['_STOREANDFORWARDPARAMS']._serialized_start=138
@@ -54,8 +54,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MESSAGE']._serialized_end=761
   _globals['_IMDN']._serialized_start=764
   _globals['_IMDN']._serialized_end=934
-  _globals['_DOWNLINK']._serialized_start=936
-  _globals['_DOWNLINK']._serialized_end=1023
-  _globals['_EDGEREF']._serialized_start=1025
-  _globals['_EDGEREF']._serialized_end=1087
+  _globals['_SEGREC']._serialized_start=936
+  _globals['_SEGREC']._serialized_end=1056
+  _globals['_DOWNLINK']._serialized_start=1058
+  _globals['_DOWNLINK']._serialized_end=1183
+  _globals['_EDGEREF']._serialized_start=1185
+  _globals['_EDGEREF']._serialized_end=1247
 # @@protoc_insertion_point(module_scope)

@@ -3,9 +3,11 @@
 isort:skip_file
 The MSGin5G message model shared by every service (msgin5g.md sections 3 and 4)."""
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
@@ -320,28 +322,66 @@ class Imdn(_message.Message):
 Global___Imdn: _TypeAlias = Imdn  # noqa: Y015
 
 @_typing.final
-class Downlink(_message.Message):
-    """One document the server sends down to a UE and keeps until the UE acknowledges it."""
+class SegRec(_message.Message):
+    """One document the server sends down to a UE and keeps until the UE acknowledges it.
+    The server asks the originator of a message sent in segments for the segments it misses
+    (TS 24.538 SEGREC), before it gives the reassembly up.
+    """
 
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORI_ADDR_FIELD_NUMBER: _builtins.int
+    DEST_ADDR_FIELD_NUMBER: _builtins.int
+    SEG_ID_FIELD_NUMBER: _builtins.int
+    MISSING_FIELD_NUMBER: _builtins.int
+    seg_id: _builtins.str
+    @_builtins.property
+    def ori_addr(self) -> Global___Address: ...
+    @_builtins.property
+    def dest_addr(self) -> Global___Address: ...
+    @_builtins.property
+    def missing(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        ori_addr: Global___Address | None = ...,
+        dest_addr: Global___Address | None = ...,
+        seg_id: _builtins.str = ...,
+        missing: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dest_addr", b"dest_addr", "ori_addr", b"ori_addr"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dest_addr", b"dest_addr", "missing", b"missing", "ori_addr", b"ori_addr", "seg_id", b"seg_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SegRec: _TypeAlias = SegRec  # noqa: Y015
+
+@_typing.final
+class Downlink(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MSG_FIELD_NUMBER: _builtins.int
     IMDN_FIELD_NUMBER: _builtins.int
+    SEGREC_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def msg(self) -> Global___Message: ...
     @_builtins.property
     def imdn(self) -> Global___Imdn: ...
+    @_builtins.property
+    def segrec(self) -> Global___SegRec: ...
     def __init__(
         self,
         *,
         msg: Global___Message | None = ...,
         imdn: Global___Imdn | None = ...,
+        segrec: Global___SegRec | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["doc", b"doc", "imdn", b"imdn", "msg", b"msg"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["doc", b"doc", "imdn", b"imdn", "msg", b"msg", "segrec", b"segrec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["doc", b"doc", "imdn", b"imdn", "msg", b"msg"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["doc", b"doc", "imdn", b"imdn", "msg", b"msg", "segrec", b"segrec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_doc: _TypeAlias = _typing.Literal["msg", "imdn"]  # noqa: Y015
+    _WhichOneofReturnType_doc: _TypeAlias = _typing.Literal["msg", "imdn", "segrec"]  # noqa: Y015
     _WhichOneofArgType_doc: _TypeAlias = _typing.Literal["doc", b"doc"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_doc) -> _WhichOneofReturnType_doc | None: ...
 
