@@ -8,6 +8,7 @@ stack starts in a few seconds); the ``app_server`` fixture is in ``tests/e2e/con
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -73,6 +74,8 @@ def system_env(key: str, **env: str) -> dict[str, str]:
         "MSGIN5G_RETRY_MAX": "1",
         "MSGIN5G_SWEEP_INTERVAL": "0.2",
         "MSGIN5G_AS_TIMEOUT": "2",
+        # Device credentials (issue 8) wrapped under a fixed test key-encryption key.
+        "MSGIN5G_CREDENTIALS_KEK": base64.b64encode(bytes(range(32))).decode(),
         **env,
     }
 

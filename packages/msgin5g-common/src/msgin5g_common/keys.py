@@ -31,6 +31,11 @@ one recipient stays in one slot.
 | ``<p>:seg:{ori}:<segId>`` | hash | router | an uplink message being reassembled: its segments by number, the total |
 | ``<p>:seg:{ori}:open`` | set | router | the originator's reassemblies under way (bounded) |
 | ``<p>:segexp`` | sorted set | router | ``<ori>\x1f<segId>`` by reassembly deadline (ms), for the sweeper |
+| ``<p>:ue:{id}:cred`` | hash | registry | device credentials: PSK and OSCORE material wrapped (AES-GCM), MQTT password hashed, the previous ones during a rotation's grace, ``gen``; after a revocation only ``gen`` and ``revokedAt`` |
+| ``<p>:oscore:{kid}`` | string | registry | OSCORE sender id of a device (hex) -> ueSvcId; a rotated-out id lives as long as its grace |
+| ``<p>:{credentials}:version`` | string | registry | counter of credential changes |
+| ``<p>:{credentials}:changes`` | sorted set | registry | ueSvcIds by the version of their last credential change (create, rotate, revoke) |
+| ``<p>:credentials:revoked`` | pub/sub channel | registry | a ueSvcId whose credentials were revoked: end its sessions |
 
 **Recipients.** The router keeps the pending documents of an application server exactly as
 those of a UE: inbox, docs, seq, retry and the schedules, under the recipient id
@@ -151,3 +156,19 @@ class Keys:
 
     def edges(self, kind: str) -> str:
         return f"{self.prefix}:edges:{kind}"
+
+    def credentials(self, ue: str) -> str:
+        return f"{self.prefix}:ue:{{{ue}}}:cred"
+
+    def oscore_kid(self, kid_hex: str) -> str:
+        return f"{self.prefix}:oscore:{{{kid_hex}}}"
+
+    def credentials_version(self) -> str:
+        return f"{self.prefix}:{{credentials}}:version"
+
+    def credentials_changes(self) -> str:
+        return f"{self.prefix}:{{credentials}}:changes"
+
+    def credentials_revoked(self) -> str:
+        """A pub/sub channel, not a key: the ueSvcIds whose credentials were revoked."""
+        return f"{self.prefix}:credentials:revoked"

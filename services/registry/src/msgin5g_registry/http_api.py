@@ -24,7 +24,7 @@ from msgin5g.v1 import router_pb2_grpc as rgrpc
 from msgin5g_common import convert
 from msgin5g_common import header as h
 from msgin5g_common.errors import Cause
-from msgin5g_registry import as_api, problems
+from msgin5g_registry import as_api, credentials, problems
 from msgin5g_registry.as_api import problem_responses
 from msgin5g_registry.auth import (
     ADMIN_SCOPE,
@@ -249,6 +249,10 @@ def create_app(
     app.state.max_body = settings.http_max_body
     app.state.max_payload = settings.max_payload
     app.state.grpc_timeout = settings.grpc_timeout
+    # None without a key-encryption key: the credential endpoints then answer 503.
+    app.state.credentials = credentials.CredentialStore.from_settings(
+        store.redis, store.keys, settings
+    )
     problems.install(app)
 
     @app.exception_handler(grpc.aio.AioRpcError)
@@ -592,6 +596,7 @@ def create_app(
             )
         return JSONResponse({"status": "ready"})
 
+    mgmt.include_router(credentials.router())
     app.include_router(mgmt)
     app.include_router(as_api.router())
     app.include_router(token_router())

@@ -37,3 +37,11 @@ class RegistrySettings(CommonSettings):
     # may send (the same limit as the edges': msgin5g.md section 2).
     http_max_body: int = Field(default=65536, ge=1024)
     max_payload: int = Field(default=2048, ge=1)
+
+    # Device credentials (credentials.py): the key-encryption key that wraps PSKs and OSCORE
+    # secrets, base64 of 32 bytes, inline or in a file (one of the two). Without it the
+    # credentials endpoints answer 503: keys are never stored unwrapped.
+    credentials_kek: str = ""
+    credentials_kek_file: str = ""
+    # Seconds the previous secrets of a UE stay valid after a rotation.
+    credentials_grace: int = Field(default=3600, ge=0)
