@@ -407,6 +407,10 @@ MSGIN5G_SWEEP_INTERVAL: {{ include "msgin5g.num" $c.sweepInterval | quote }}
 MSGIN5G_FANOUT_PAGE: {{ include "msgin5g.num" $c.fanoutPage | quote }}
 MSGIN5G_FANOUT_RATE: {{ include "msgin5g.num" $c.fanoutRate | quote }}
 MSGIN5G_FANOUT_CLAIM_AFTER: {{ include "msgin5g.num" $c.fanoutClaimAfter | quote }}
+MSGIN5G_MAX_PENDING: {{ include "msgin5g.num" $c.maxPending | quote }}
+MSGIN5G_REASSEMBLY_TIMEOUT: {{ include "msgin5g.num" $c.reassemblyTimeout | quote }}
+MSGIN5G_MAX_REASSEMBLIES: {{ include "msgin5g.num" $c.maxReassemblies | quote }}
+MSGIN5G_MAX_PAYLOAD: {{ include "msgin5g.num" .Values.config.edge.maxPayload | quote }}
 MSGIN5G_AS_TIMEOUT: {{ include "msgin5g.num" .Values.router.asTimeout | quote }}
 {{- if .Values.router.asTlsCaSecret }}
 MSGIN5G_AS_TLS_CA_FILE: "/etc/msgin5g/tls/as/ca.crt"
@@ -422,6 +426,8 @@ MSGIN5G_REGISTRY_ADDR: {{ include "msgin5g.registryAddr" $root | quote }}
 MSGIN5G_EDGE_GRPC_BIND: {{ include "msgin5g.bind" (dict "root" $root "port" .grpcPort) | quote }}
 MSGIN5G_EDGE_HEARTBEAT_INTERVAL: {{ include "msgin5g.num" $root.Values.config.edge.heartbeatInterval | quote }}
 MSGIN5G_MAX_PAYLOAD: {{ include "msgin5g.num" $root.Values.config.edge.maxPayload | quote }}
+MSGIN5G_UE_RATE: {{ include "msgin5g.num" $root.Values.config.edge.ueRate | quote }}
+MSGIN5G_UE_BURST: {{ include "msgin5g.num" $root.Values.config.edge.ueBurst | quote }}
 {{- end -}}
 
 {{- define "msgin5g.config.coapEdge" -}}
@@ -430,6 +436,7 @@ MSGIN5G_COAP_HOST: {{ include "msgin5g.anyHost" . | quote }}
 MSGIN5G_COAP_PORT: {{ include "msgin5g.num" .Values.coapEdge.coapPort | quote }}
 MSGIN5G_COAP_NOTIFICATION_BYTES: {{ include "msgin5g.num" .Values.config.coapEdge.notificationBytes | quote }}
 MSGIN5G_LEASE_RENEW_INTERVAL: {{ include "msgin5g.num" .Values.config.coapEdge.leaseRenewInterval | quote }}
+MSGIN5G_PUSH_TIMEOUT: {{ include "msgin5g.num" .Values.config.coapEdge.pushTimeout | quote }}
 {{- end -}}
 
 {{- define "msgin5g.config.mqttEdge" -}}
@@ -452,6 +459,7 @@ MSGIN5G_MQTT_TLS_CA_FILE: "/etc/msgin5g/tls/mqtt/ca.crt"
 MSGIN5G_MQTT_PREFIX: {{ $c.prefix | quote }}
 MSGIN5G_MQTT_SHARE_GROUP: {{ $c.shareGroup | quote }}
 MSGIN5G_MQTT_SESSION_EXPIRY: {{ include "msgin5g.num" $c.sessionExpiry | quote }}
+MSGIN5G_MQTT_AGGREGATE_BYTES: {{ include "msgin5g.num" $c.aggregateBytes | quote }}
 MSGIN5G_MQTT_KEEPALIVE: {{ include "msgin5g.num" $c.keepalive | quote }}
 MSGIN5G_MQTT_WORKERS: {{ include "msgin5g.num" $c.workers | quote }}
 {{- end -}}
