@@ -23,7 +23,7 @@ from msgin5g_client import CoapUe, MqttUe
 from msgin5g_client.common import build_msg
 from msgin5g_common import header as h
 from msgin5g_registry import spec
-from tests.conftest import new_ue_id
+from tests.conftest import message_state, new_ue_id, until_state
 from tests.e2e.as_support import (
     ADMIN_TOKEN,
     OTHER_AS,
@@ -68,30 +68,6 @@ def _a2p(as_svc_id: str, ue: str, **extra: Any) -> dict[str, Any]:
         "payload": "hello from the application",
         **extra,
     }
-
-
-async def _state(system: System, msg_id: str, ori: str) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=system.url) as http:
-        response = await http.get(
-            f"/api/v1/messages/{msg_id}",
-            params={"ori": ori},
-            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-        )
-        assert response.status_code == 200, response.text
-        body: dict[str, Any] = response.json()
-        return body
-
-
-async def _until_state(system: System, msg_id: str, ori: str, wanted: str) -> dict[str, Any]:
-    """Polls the state API (an observable of the system, not a sleep on a guess) until the
-    message's one recipient reaches ``wanted``."""
-    deadline = time.monotonic() + WAIT
-    while True:
-        state = await _state(system, msg_id, ori)
-        if state["recipients"] and state["recipients"][0]["state"] == wanted:
-            return state
-        assert time.monotonic() < deadline, state
-        await asyncio.sleep(0.1)
 
 
 # -- registration ------------------------------------------------------------------------------
@@ -151,7 +127,9 @@ async def test_a2p_reaches_mqtt_and_coap_ues_and_their_reports_reach_the_as(
                 "msgId": body["msgId"],
                 "delivSt": "REPT_DELY_SUCCESS",
             }
-            state = await _until_state(system, body["msgId"], f"AS:{as_id}", "DELIVERED")
+            state = await until_state(
+                system.url, body["msgId"], f"AS:{as_id}", "DELIVERED", token=ADMIN_TOKEN
+            )
             assert state["recipients"][0]["deliveryReport"] == "REPT_DELY_SUCCESS"
 
 
@@ -206,7 +184,7 @@ async def test_a2p_latency_is_a_delivery_deadline(
     report = await app_server.next()
     assert report["delivSt"] == "REPT_DELY_FAILED"
     assert report["failureCause"] == "EXPIRED"
-    state = await _state(system, body["msgId"], f"AS:{as_id}")
+    state = await message_state(system.url, body["msgId"], f"AS:{as_id}", token=ADMIN_TOKEN)
     assert state["recipients"][0]["state"] == "EXPIRED"
 
 
@@ -260,7 +238,9 @@ async def test_p2a_from_mqtt_and_coap_ues_reaches_the_as_and_its_report_reaches_
             assert got["appId"] == "meters"
             assert got["delivStReqInd"] is True
             assert got["stoAndFwInd"] is True
-            await _until_state(system, msg.msg_id, f"UE:{ue.ue_svc_id}", "DELIVERED")
+            await until_state(
+                system.url, msg.msg_id, f"UE:{ue.ue_svc_id}", "DELIVERED", token=ADMIN_TOKEN
+            )
 
             report = {
                 "oriAddr": {"addrType": "AS", "addr": as_id},
@@ -292,14 +272,18 @@ async def test_p2a_to_an_as_that_is_down_waits_and_arrives_when_it_is_back(
             for i in range(3)
         ]
         await asyncio.wait_for(unreachable, WAIT)
-        state = await _state(system, sent[0].msg_id, f"UE:{ue.ue_svc_id}")
+        state = await message_state(
+            system.url, sent[0].msg_id, f"UE:{ue.ue_svc_id}", token=ADMIN_TOKEN
+        )
         assert state["recipients"][0]["state"] in ("ACCEPTED", "FORWARDED")
         await app_server.listen()
         got = [await app_server.next() for _ in sent]
         # In the order they were sent, each once.
         assert [g["payload"] for g in got] == ["n0", "n1", "n2"]
         for s in sent:
-            await _until_state(system, s.msg_id, f"UE:{ue.ue_svc_id}", "DELIVERED")
+            await until_state(
+                system.url, s.msg_id, f"UE:{ue.ue_svc_id}", "DELIVERED", token=ADMIN_TOKEN
+            )
 
 
 async def test_an_as_answering_500_gets_retries_then_the_message_fails_with_a_report(
@@ -319,7 +303,7 @@ async def test_an_as_answering_500_gets_retries_then_the_message_fails_with_a_re
         assert isinstance(imdn, h.Imdn)
         assert imdn.deliv_st is h.DelivSt.REPT_DELY_FAILED
         assert imdn.failure_cause == "EXPIRED"
-        state = await _state(system, msg.msg_id, f"UE:{ue.ue_svc_id}")
+        state = await message_state(system.url, msg.msg_id, f"UE:{ue.ue_svc_id}", token=ADMIN_TOKEN)
         rcpt = state["recipients"][0]
         assert rcpt["state"] == "EXPIRED"
         assert rcpt["attempts"] >= 2
@@ -340,7 +324,7 @@ async def test_an_as_refusing_with_4xx_fails_the_message_at_once(
         assert isinstance(imdn, h.Imdn)
         assert imdn.deliv_st is h.DelivSt.REPT_DELY_FAILED
         assert imdn.failure_cause == "REFUSED"
-        state = await _state(system, msg.msg_id, f"UE:{ue.ue_svc_id}")
+        state = await message_state(system.url, msg.msg_id, f"UE:{ue.ue_svc_id}", token=ADMIN_TOKEN)
         assert state["recipients"][0]["state"] == "FAILED"
         assert app_server.posts == 1
 

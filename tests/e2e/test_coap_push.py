@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,7 +22,7 @@ from aiocoap.numbers.contentformat import ContentFormat
 from msgin5g_client import CoapUe, MqttUe
 from msgin5g_common import header as h
 from msgin5g_devstack.stack import Stack
-from tests.conftest import new_ue_id
+from tests.conftest import new_ue_id, until_state
 
 pytestmark = pytest.mark.e2e
 
@@ -93,19 +92,6 @@ async def push_ue(stack: Stack) -> AsyncIterator[PushUe]:
         await ue.close()
 
 
-async def _until_state(stack: Stack, msg_id: str, ori: str, wanted: str) -> dict[str, Any]:
-    """Polls the state API until the message's recipient reaches ``wanted``."""
-    deadline = time.monotonic() + WAIT
-    async with httpx.AsyncClient(base_url=stack.http_url) as http:
-        while True:
-            response = await http.get(f"/api/v1/messages/{msg_id}", params={"ori": f"UE:{ori}"})
-            rcpt: dict[str, Any] = response.json()["recipients"][0]
-            if rcpt["state"] == wanted:
-                return rcpt
-            assert time.monotonic() < deadline, rcpt
-            await asyncio.sleep(0.05)
-
-
 async def test_a_push_ue_gets_each_message_by_post_and_the_ack_is_delivery(
     stack: Stack, push_ue: PushUe
 ) -> None:
@@ -118,7 +104,8 @@ async def test_a_push_ue_gets_each_message_by_post_and_the_ack_is_delivery(
         assert [g["payload"] for g in got] == ["push 0", "push 1", "push 2"]
         assert all(g["msgType"] == "MSG" for g in got)
         for s in sent:
-            rcpt = await _until_state(stack, s.msg_id, a.ue_svc_id, "DELIVERED")
+            state = await until_state(stack.http_url, s.msg_id, f"UE:{a.ue_svc_id}", "DELIVERED")
+            rcpt = state["recipients"][0]
             assert rcpt["attempts"] >= 1
 
 
@@ -134,7 +121,7 @@ async def test_messages_stored_before_a_push_registration_are_pushed_when_it_reg
         await push_ue.register()
         got = await push_ue.next()
         assert got["msgId"] == sent.msg_id
-        await _until_state(stack, sent.msg_id, a.ue_svc_id, "DELIVERED")
+        await until_state(stack.http_url, sent.msg_id, f"UE:{a.ue_svc_id}", "DELIVERED")
 
 
 async def test_a_push_to_a_vanished_ue_leaves_the_message_in_its_inbox(
@@ -147,13 +134,13 @@ async def test_a_push_to_a_vanished_ue_leaves_the_message_in_its_inbox(
         failed = stack.expect_event("coap-edge", "push failed")
         sent = await a.send(push_ue.ue_svc_id, "are you there?")
         await asyncio.wait_for(failed, WAIT)
-        await _until_state(stack, sent.msg_id, a.ue_svc_id, "FORWARDED")
+        await until_state(stack.http_url, sent.msg_id, f"UE:{a.ue_svc_id}", "FORWARDED")
         # The UE wakes up with a new socket and reads its inbox.
         async with CoapUe(push_ue.ue_svc_id, stack.coap_addr) as woken:
             inbox = await woken.inbox()
             assert [d.msg_id for d in inbox] == [sent.msg_id]
             await woken.ack(inbox[0])
-        await _until_state(stack, sent.msg_id, a.ue_svc_id, "DELIVERED")
+        await until_state(stack.http_url, sent.msg_id, f"UE:{a.ue_svc_id}", "DELIVERED")
 
 
 async def test_a_push_refused_by_the_ue_is_sent_again_later(stack: Stack, push_ue: PushUe) -> None:
@@ -166,10 +153,11 @@ async def test_a_push_refused_by_the_ue_is_sent_again_later(stack: Stack, push_u
         await asyncio.wait_for(refused, WAIT)
         first = await push_ue.next()
         assert first["msgId"] == sent.msg_id
-        await _until_state(stack, sent.msg_id, a.ue_svc_id, "FORWARDED")
+        await until_state(stack.http_url, sent.msg_id, f"UE:{a.ue_svc_id}", "FORWARDED")
         # The router's retry (after MSGIN5G_RETRY_BASE) pushes it again, and now it is taken.
         push_ue.msg.code = Code.CHANGED
         again = await push_ue.next()
         assert again["msgId"] == sent.msg_id
-        rcpt = await _until_state(stack, sent.msg_id, a.ue_svc_id, "DELIVERED")
+        state = await until_state(stack.http_url, sent.msg_id, f"UE:{a.ue_svc_id}", "DELIVERED")
+        rcpt = state["recipients"][0]
         assert rcpt["attempts"] >= 2

@@ -22,7 +22,7 @@ from msgin5g_client import CoapUe, MqttUe, RequestFailed
 from msgin5g_common import convert
 from msgin5g_common import header as h
 from msgin5g_devstack.stack import Stack
-from tests.conftest import new_ue_id, stack_config
+from tests.conftest import message_state, new_ue_id, stack_config
 
 pytestmark = pytest.mark.e2e
 
@@ -33,14 +33,6 @@ async def fast_stack(tmp_path: Path) -> AsyncIterator[Stack]:
     config = stack_config(tmp_path, MSGIN5G_RETRY_BASE="0.3", MSGIN5G_SWEEP_INTERVAL="0.2")
     async with Stack(config) as running:
         yield running
-
-
-async def _state(stack: Stack, msg_id: str, ori: str) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=stack.http_url) as http:
-        response = await http.get(f"/api/v1/messages/{msg_id}", params={"ori": f"UE:{ori}"})
-        assert response.status_code == 200, response.text
-        body: dict[str, Any] = response.json()
-        return body
 
 
 def _only(state: dict[str, Any]) -> dict[str, Any]:
@@ -63,7 +55,7 @@ async def test_message_to_provisioned_ue_is_stored_until_it_first_registers(stac
             await b.register()
             got = await b.receive()
             assert got.msg_id == sent.msg_id
-        state = await _state(stack, sent.msg_id, a.ue_svc_id)
+        state = await message_state(stack.http_url, sent.msg_id, f"UE:{a.ue_svc_id}")
         rcpt = _only(state)
         assert rcpt["state"] == "DELIVERED"
         assert [step["state"] for step in rcpt["history"]] == [
@@ -116,7 +108,7 @@ async def test_requested_delivery_report_reaches_the_sender(stack: Stack, transp
         assert report.msg_id == sent.msg_id
         assert report.deliv_st is h.DelivSt.REPT_DELY_SUCCESS
         assert report.ori_addr == h.Address(h.AddrType.UE, b.ue_svc_id)
-        state = await _state(stack, sent.msg_id, a.ue_svc_id)
+        state = await message_state(stack.http_url, sent.msg_id, f"UE:{a.ue_svc_id}")
         rcpt = _only(state)
         assert rcpt["deliveryReport"] == "REPT_DELY_SUCCESS"
 
@@ -138,7 +130,7 @@ async def test_expired_message_is_withdrawn_and_the_sender_gets_a_failure_report
         assert (report.msg_id, report.deliv_st) == (sent.msg_id, h.DelivSt.REPT_DELY_FAILED)
         assert report.failure_cause == "EXPIRED"
         assert await b.inbox() == []
-        state = await _state(stack, sent.msg_id, a.ue_svc_id)
+        state = await message_state(stack.http_url, sent.msg_id, f"UE:{a.ue_svc_id}")
         rcpt = _only(state)
         assert (rcpt["state"], rcpt["failureCause"]) == ("EXPIRED", "EXPIRED")
 
@@ -194,9 +186,9 @@ async def test_originator_updates_and_discards_its_stored_messages(stack: Stack)
         assert [d.msg_id for d in pending] == [keep.msg_id]
         assert isinstance(pending[0], h.Msg)
         assert pending[0].expr_time == later
-        kept = await _state(stack, keep.msg_id, a.ue_svc_id)
+        kept = await message_state(stack.http_url, keep.msg_id, f"UE:{a.ue_svc_id}")
         assert kept["expiresAt"] == later.isoformat().replace("+00:00", "Z")
-        dropped = await _state(stack, drop.msg_id, a.ue_svc_id)
+        dropped = await message_state(stack.http_url, drop.msg_id, f"UE:{a.ue_svc_id}")
         rcpt = _only(dropped)
         assert (rcpt["state"], rcpt["failureCause"]) == ("FAILED", "DISCARDED")
 
@@ -263,7 +255,7 @@ async def test_unacknowledged_downlink_is_sent_again_with_back_off(fast_stack: S
         redelivered = await asyncio.wait_for(b._downlink.get(), 10)
         assert redelivered.msg_id == sent.msg_id
         await b.ack(redelivered)
-        state = await _state(stack, sent.msg_id, a.ue_svc_id)
+        state = await message_state(stack.http_url, sent.msg_id, f"UE:{a.ue_svc_id}")
         rcpt = _only(state)
         assert rcpt["state"] == "DELIVERED"
         assert rcpt["attempts"] >= 2
@@ -315,7 +307,7 @@ async def test_bad_reports_and_updates_get_clear_errors_and_change_nothing(stack
         assert response.payload.decode().startswith("EXPIRED")
         # Nothing changed: b still has both messages, and no report was recorded.
         assert [d.msg_id for d in await b.inbox()] == [sent.msg_id, unreported.msg_id]
-        state = await _state(stack, sent.msg_id, a.ue_svc_id)
+        state = await message_state(stack.http_url, sent.msg_id, f"UE:{a.ue_svc_id}")
         rcpt = _only(state)
         assert rcpt["deliveryReport"] is None
 
@@ -365,5 +357,5 @@ async def test_recipient_refusal_is_reported_to_a_sender_who_asked(stack: Stack)
         assert isinstance(report, h.Imdn)
         assert (report.msg_id, report.deliv_st) == (sent.msg_id, h.DelivSt.REPT_DELY_FAILED)
         assert report.failure_cause == "UNSUPPORTED_APP"
-        rcpt = _only(await _state(stack, sent.msg_id, a.ue_svc_id))
+        rcpt = _only(await message_state(stack.http_url, sent.msg_id, f"UE:{a.ue_svc_id}"))
         assert (rcpt["state"], rcpt["failureCause"]) == ("FAILED", "UNSUPPORTED_APP")

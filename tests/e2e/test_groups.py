@@ -7,7 +7,6 @@ import json
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -18,7 +17,7 @@ from msgin5g_client import CoapUe, MqttUe, RequestFailed
 from msgin5g_common import header as h
 from msgin5g_common.keys import Keys
 from msgin5g_devstack.stack import Stack
-from tests.conftest import new_ue_id, stack_config
+from tests.conftest import message_state, new_ue_id, stack_config
 
 pytestmark = pytest.mark.e2e
 
@@ -29,16 +28,6 @@ PAGE = 500  # the router's default fan-out page
 async def _put_group(stack: Stack, group: str, members: list[str]) -> httpx.Response:
     async with httpx.AsyncClient(base_url=stack.http_url, timeout=30) as http:
         return await http.put(f"/api/v1/groups/{group}", json={"members": members})
-
-
-async def _state(stack: Stack, msg_id: str, ori: str, **params: str) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=stack.http_url) as http:
-        response = await http.get(
-            f"/api/v1/messages/{msg_id}", params={"ori": f"UE:{ori}", **params}
-        )
-        assert response.status_code == 200, response.text
-        body: dict[str, Any] = response.json()
-        return body
 
 
 def _pages_done(stack: Stack, msg_id: str, pages: int) -> asyncio.Future[str]:
@@ -83,7 +72,7 @@ async def test_group_message_reaches_every_other_member_on_both_transports(stack
                 assert doc.msg_id == sent.msg_id
                 assert doc.dest_addr == h.Address(h.AddrType.GROUP, group)
                 assert doc.rcpt_addr == h.Address(h.AddrType.UE, member.ue_svc_id)
-        state = await _state(stack, sent.msg_id, mqtt[0].ue_svc_id)
+        state = await message_state(stack.http_url, sent.msg_id, f"UE:{mqtt[0].ue_svc_id}")
         assert state["destAddr"] == {"addrType": "GROUP", "addr": group}
         assert state["summary"] == {"DELIVERED": 3}
         assert {r["rcptAddr"]["addr"] for r in state["recipients"]} == {
@@ -213,7 +202,7 @@ async def test_ten_thousand_member_group_survives_a_router_killed_mid_fan_out(
         await asyncio.wait_for(resumed, 30)
         await asyncio.wait_for(done, 60)
 
-        state = await _state(stack, sent.msg_id, sender_id, limit="10")
+        state = await message_state(stack.http_url, sent.msg_id, f"UE:{sender_id}", limit="10")
         # Nobody is connected: every member but the sender has it stored, once.
         assert state["summary"] == {"STORED": BIG - 1}
         assert len(state["recipients"]) == 10

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import aiocoap
 import httpx
@@ -23,7 +23,7 @@ from msgin5g_common import aggregate
 from msgin5g_common import header as h
 from msgin5g_common.keys import Keys
 from msgin5g_devstack.stack import Stack
-from tests.conftest import new_ue_id, stack_config
+from tests.conftest import message_state, new_ue_id, stack_config
 
 pytestmark = pytest.mark.e2e
 
@@ -66,14 +66,6 @@ async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
             raise RequestFailed("NOT_YET", what)
 
     await with_retries(attempt, attempts=12, first_delay=0.05, retryable=None)
-
-
-async def _state(stack: Stack, msg_id: str, ori: str) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=stack.http_url) as http:
-        response = await http.get(f"/api/v1/messages/{msg_id}", params={"ori": f"UE:{ori}"})
-        assert response.status_code == 200, response.text
-        body: dict[str, Any] = response.json()
-        return body
 
 
 async def _senders(
@@ -286,11 +278,11 @@ async def test_a_group_member_with_a_full_inbox_is_skipped_with_overloaded(
         assert got.msg_id == sent.msg_id
 
         async def settled() -> bool:
-            state = await _state(stack, sent.msg_id, sender.ue_svc_id)
+            state = await message_state(stack.http_url, sent.msg_id, f"UE:{sender.ue_svc_id}")
             return bool(state["summary"] == {"DELIVERED": 1, "FAILED": 1})
 
         await eventually(settled, "the group message settles")
-        state = await _state(stack, sent.msg_id, sender.ue_svc_id)
+        state = await message_state(stack.http_url, sent.msg_id, f"UE:{sender.ue_svc_id}")
         by_member = {r["rcptAddr"]["addr"]: r for r in state["recipients"]}
         assert by_member[full.ue_svc_id]["state"] == "FAILED"
         assert by_member[full.ue_svc_id]["failureCause"] == "OVERLOADED"

@@ -3,36 +3,19 @@ duplicates nothing the application can see."""
 
 from __future__ import annotations
 
-import asyncio
 import signal
-import time
 
-import httpx
 import pytest
 
 from msgin5g_client import CoapUe, MqttUe
 from msgin5g_common import header as h
 from msgin5g_devstack.stack import Stack
-from tests.conftest import new_ue_id
+from tests.conftest import new_ue_id, until_state
 
 pytestmark = pytest.mark.e2e
 
 # A graceful stop and a crash.
 STOPS = pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
-
-
-async def _until_stored(stack: Stack, msg_id: str, ori: str) -> None:
-    """Polls the state API (what an operator would look at) until the message's recipient
-    state is STORED."""
-    deadline = time.monotonic() + 10
-    async with httpx.AsyncClient(base_url=stack.http_url) as http:
-        while True:
-            response = await http.get(f"/api/v1/messages/{msg_id}", params={"ori": f"UE:{ori}"})
-            state = response.json()["recipients"][0]["state"]
-            if state == "STORED":
-                return
-            assert time.monotonic() < deadline, state
-            await asyncio.sleep(0.05)
 
 
 @STOPS
@@ -106,7 +89,7 @@ async def test_coap_edge_restart_between_acceptance_and_delivery_loses_nothing(
         # STORED, or ACCEPTED while the router still remembers the replica's address (for a
         # second): either way the message is in Redis and its state ends up STORED.
         assert first.result in (h.MsgResult.STORED, h.MsgResult.ACCEPTED)
-        await _until_stored(stack, first.msg_id, a.ue_svc_id)
+        await until_state(stack.http_url, first.msg_id, f"UE:{a.ue_svc_id}", "STORED", within=10)
 
         await stack.start_service("coap-edge")
         # The observation died with the edge; the UE observes again when it wakes up.

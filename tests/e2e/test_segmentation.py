@@ -8,7 +8,6 @@ message, and delivers it to the recipient in segments no larger than the recipie
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -23,7 +22,7 @@ from msgin5g_client.common import build_msg
 from msgin5g_client.segments import Outbox, Reassembler, split
 from msgin5g_common import header as h
 from msgin5g_devstack.stack import Stack
-from tests.conftest import new_ue_id, stack_config
+from tests.conftest import new_ue_id, stack_config, until_state
 
 pytestmark = pytest.mark.e2e
 
@@ -45,19 +44,6 @@ async def _receive_whole(ue: Ue, reassembler: Reassembler) -> tuple[h.Msg, list[
         whole = reassembler.add(doc)
         if whole is not None:
             return whole, segments
-
-
-async def _until_state(stack: Stack, msg_id: str, ori: str, wanted: str) -> dict[str, Any]:
-    deadline = time.monotonic() + WAIT
-    async with httpx.AsyncClient(base_url=stack.http_url) as http:
-        while True:
-            response = await http.get(f"/api/v1/messages/{msg_id}", params={"ori": f"UE:{ori}"})
-            if response.status_code == 200:
-                rcpt: dict[str, Any] = response.json()["recipients"][0]
-                if rcpt["state"] == wanted:
-                    return rcpt
-            assert time.monotonic() < deadline, response.text
-            await asyncio.sleep(0.05)
 
 
 @pytest.mark.parametrize("direction", ["coap->mqtt", "mqtt->coap"])
@@ -83,7 +69,7 @@ async def test_a_10_kib_message_is_reassembled_and_delivered_in_segments(
         assert whole.msg_id == msg.msg_id
         assert all(len((s.payload or "").encode()) <= 2048 for s in segments)
         assert len(segments) == 5
-        await _until_state(stack, msg.msg_id, sender.ue_svc_id, "DELIVERED")
+        await until_state(stack.http_url, msg.msg_id, f"UE:{sender.ue_svc_id}", "DELIVERED")
 
 
 async def test_a_recipient_with_max_seg_size_256_gets_segments_of_that_size(
@@ -103,7 +89,7 @@ async def test_a_recipient_with_max_seg_size_256_gets_segments_of_that_size(
         assert all(len((s.payload or "").encode()) <= 256 for s in segments)
         assert len(segments) == 8
         assert {s.seg_params.seg_id for s in segments if s.seg_params} == {sent.msg_id}
-        await _until_state(stack, sent.msg_id, a.ue_svc_id, "DELIVERED")
+        await until_state(stack.http_url, sent.msg_id, f"UE:{a.ue_svc_id}", "DELIVERED")
 
 
 async def test_bad_segments_get_clear_errors_and_disturb_nothing(stack: Stack) -> None:
@@ -235,4 +221,4 @@ async def test_a_lost_segment_is_recovered_when_the_sender_answers_segrec(
         assert len(answers) == 2
         whole, _ = await _receive_whole(b, Reassembler())
         assert whole.payload == LONG
-        await _until_state(stack, msg.msg_id, a.ue_svc_id, "DELIVERED")
+        await until_state(stack.http_url, msg.msg_id, f"UE:{a.ue_svc_id}", "DELIVERED")
