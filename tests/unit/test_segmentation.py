@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from msgin5g.v1 import common_pb2 as pb
+from msgin5g_common import header as h
 from msgin5g_router import domain
 
 
@@ -19,11 +20,11 @@ def _msg(payload: str) -> pb.Message:
 def test_split_keeps_every_chunk_within_the_limit_without_cutting_characters() -> None:
     text = "é€😀a" * 100  # 2, 3, 4 and 1 bytes
 
-    chunks = domain.split_payload(text, 10)
+    chunks = h.split_payload(text, 10)
 
     assert "".join(chunks) == text
     assert all(len(c.encode()) <= 10 for c in chunks)
-    assert domain.split_payload("", 10) == [""]
+    assert h.split_payload("", 10) == [""]
 
 
 def test_segments_carry_their_numbers_and_reassemble_to_the_message() -> None:

@@ -20,19 +20,12 @@ def split(msg: h.Msg, size: int) -> list[h.Msg]:
     payload = msg.payload or ""
     if len(payload.encode()) <= size:
         return [msg]
-    chunks: list[str] = []
-    current = ""
-    for char in payload:
-        if current and len((current + char).encode()) > size:
-            chunks.append(current)
-            current = ""
-        current += char
-    chunks.append(current)
+    chunks = h.split_payload(payload, size)
     total = len(chunks)
     return [
         replace(
             msg,
-            msg_id=f"{msg.msg_id}~{n}",
+            msg_id=h.segment_msg_id(msg.msg_id, n),
             payload=chunk,
             seg_ind=True,
             seg_params=h.SegParams(

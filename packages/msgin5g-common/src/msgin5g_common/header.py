@@ -560,6 +560,30 @@ def valid_msg_id(value: str) -> bool:
     return bool(_MSG_ID_RE.fullmatch(value))
 
 
+def split_payload(payload: str, limit: int) -> list[str]:
+    """``payload`` in chunks of at most ``limit`` UTF-8 bytes, never cutting a character
+    (the payloads of a message's segments, TS 23.554 8.5)."""
+    chunks: list[str] = []
+    current: list[str] = []
+    size = 0
+    for char in payload:
+        width = len(char.encode())
+        if current and size + width > limit:
+            chunks.append("".join(current))
+            current, size = [], 0
+        current.append(char)
+        size += width
+    if current or not chunks:
+        chunks.append("".join(current))
+    return chunks
+
+
+def segment_msg_id(msg_id: str, number: int) -> str:
+    """The msgId of segment ``number`` of message ``msg_id``: each segment is acknowledged
+    on its own, the whole message keeps ``msg_id`` (its segId)."""
+    return f"{msg_id}~{number}"
+
+
 def document_limit(max_payload: int) -> int:
     """The largest document worth parsing for a payload limit: the payload can take six
     bytes per byte in JSON (``\\u00fc`` for one UTF-8 byte pair, escapes of controls), plus

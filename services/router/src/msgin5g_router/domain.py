@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from msgin5g.v1 import common_pb2 as pb
+from msgin5g_common import header as h
 from msgin5g_common.keys import as_of, as_recipient
 
 # Inbox order: HIGH, then MIDDLE (and unspecified), then LOW; within one priority by arrival.
@@ -96,36 +97,14 @@ def rcpt_address(rcpt: str) -> pb.Address:
 MAX_SEGMENTS = 64
 
 
-def split_payload(payload: str, limit: int) -> list[str]:
-    """``payload`` in chunks of at most ``limit`` UTF-8 bytes, never cutting a character."""
-    chunks: list[str] = []
-    current: list[str] = []
-    size = 0
-    for char in payload:
-        width = len(char.encode())
-        if current and size + width > limit:
-            chunks.append("".join(current))
-            current, size = [], 0
-        current.append(char)
-        size += width
-    if current or not chunks:
-        chunks.append("".join(current))
-    return chunks
-
-
-def segment_id(msg_id: str, number: int) -> str:
-    """The msgId of one server-made segment: each is acknowledged on its own."""
-    return f"{msg_id}~{number}"
-
-
 def segment(msg: pb.Message, limit: int) -> list[pb.Message]:
     """The segments of a message whose payload is over a recipient's ``limit`` bytes."""
-    parts = split_payload(msg.payload, limit)
+    parts = h.split_payload(msg.payload, limit)
     out = []
     for number, part in enumerate(parts, 1):
         copy = pb.Message()
         copy.CopyFrom(msg)
-        copy.msg_id = segment_id(msg.msg_id, number)
+        copy.msg_id = h.segment_msg_id(msg.msg_id, number)
         copy.payload = part
         copy.seg_ind = True
         copy.seg_params.CopyFrom(
