@@ -267,8 +267,8 @@ class Fanout:
         for piece in pieces:
             ref = domain.msg_ref(msg.ori_addr, piece.msg_id)
             refs.append(ref)
-            await self.store.enqueue(member, ref, pb.Downlink(msg=piece).SerializeToString(), rank)
-            await self.store.schedule_expiry(member, ref, expires_ms)
+            doc = pb.Downlink(msg=piece).SerializeToString()
+            await self.store.store_pending(member, ref, doc, rank, expires_ms)
         await self.bucket.take()
         if not await self.dispatcher.dispatch(member, refs):
             await self.store.set_state(ori, msg.msg_id, address_key_of(member), "STORED")

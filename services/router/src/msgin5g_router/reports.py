@@ -25,13 +25,9 @@ class Reports:
         sender = domain.recipient_of(imdn.dest_addr)
         if sender is None:
             return
+        doc = pb.Downlink(imdn=imdn)
         ref = domain.imdn_ref(imdn.ori_addr, imdn.msg_id)
-        doc = pb.Downlink(imdn=imdn).SerializeToString()
-        rank = domain.priority_rank(pb.PRIORITY_MIDDLE)
-        if await self.store.enqueue(sender, ref, doc, rank):
-            expires = int((time.time() + self.default_expiry) * 1000)
-            await self.store.schedule_expiry(sender, ref, expires)
-        self.spawn(sender, [ref])
+        await self._queue(sender, ref, doc, pb.PRIORITY_MIDDLE, self.default_expiry)
 
     async def ask_for_segments(self, first: pb.Message, missing: list[int], ttl_s: float) -> None:
         """Queues a SEGREC for the originator of an incomplete segmented message (``first``
@@ -45,10 +41,18 @@ class Reports:
             segrec=pb.SegRec(
                 ori_addr=first.ori_addr, dest_addr=first.dest_addr, seg_id=seg_id, missing=missing
             )
-        ).SerializeToString()
-        if await self.store.enqueue(originator, ref, doc, domain.priority_rank(pb.PRIORITY_HIGH)):
-            await self.store.schedule_expiry(originator, ref, int((time.time() + ttl_s) * 1000))
-        self.spawn(originator, [ref])
+        )
+        await self._queue(originator, ref, doc, pb.PRIORITY_HIGH, ttl_s)
+
+    async def _queue(
+        self, rcpt: str, ref: str, doc: pb.Downlink, priority: int, ttl_s: float
+    ) -> None:
+        """Queues a server-made document for ``rcpt`` and sends it. A document queued already
+        (a repeat) keeps its place and its expiry."""
+        rank = domain.priority_rank(priority)
+        if await self.store.enqueue(rcpt, ref, doc.SerializeToString(), rank):
+            await self.store.schedule_expiry(rcpt, ref, int((time.time() + ttl_s) * 1000))
+        self.spawn(rcpt, [ref])
 
     async def failed(self, msg: pb.Message, recipient: str, cause: str) -> None:
         """The server's own report that ``msg`` could not be delivered to ``recipient`` (a
