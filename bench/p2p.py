@@ -287,7 +287,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         result_max = summary(first.latencies, elapsed, len(pairs) * args.messages)
         result_max["acked_after_last_s"] = max(0.0, done - first.last_arrival)
 
-        rate = result_max["delivered_per_s"] / 2
+        rate = args.latency_rate or result_max["delivered_per_s"] / 2
         per_pair = max(1, args.latency_messages // len(pairs))
         start = time.perf_counter()
         cpu.start()
@@ -328,6 +328,12 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=100, help="per pair, max-rate pass")
     parser.add_argument("--latency-messages", type=int, default=1000, help="in all, latency pass")
     parser.add_argument("--window", type=int, default=10, help="MSGs on their way per pair")
+    parser.add_argument(
+        "--latency-rate",
+        type=float,
+        default=0.0,
+        help="offered msg/s of the latency pass (default: half of what the max pass reached)",
+    )
     parser.add_argument("--pids", default="", help='JSON {"service": pid} to sample CPU of')
     args = parser.parse_args()
     if args.mode == "raw" and args.sender != args.receiver:

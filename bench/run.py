@@ -157,10 +157,17 @@ class RawCoapServer:
 
 
 class Bench:
-    def __init__(self, stack: Stack, raw_coap: RawCoapServer, sizes: dict[str, int]) -> None:
+    def __init__(
+        self,
+        stack: Stack,
+        raw_coap: RawCoapServer,
+        sizes: dict[str, int],
+        latency_rate: float = 0.0,
+    ) -> None:
         self.stack = stack
         self.raw_coap = raw_coap
         self.sizes = sizes
+        self.latency_rate = latency_rate
         self.results: dict[str, dict[str, Any]] = {}
         self._raw_p2p: dict[str, dict[str, Any]] = {}
         pids = {name: entry.proc.pid for name, entry in stack.procs.items()}
@@ -174,9 +181,11 @@ class Bench:
 
     def _p2p_args(self) -> list[str]:
         s = self.sizes
+        rate = ["--latency-rate", str(self.latency_rate)] if self.latency_rate else []
         return [
             *("--pairs", str(s["pairs"]), "--messages", str(s["messages"])),
             *("--latency-messages", str(s["latency_messages"]), "--window", str(s["window"])),
+            *rate,
         ]
 
     async def raw_p2p(self, kind: str) -> dict[str, Any]:
@@ -646,7 +655,7 @@ async def main(args: argparse.Namespace) -> int:
     progress(f"starting the system ({data}) and the raw CoAP relay")
     started = time.perf_counter()
     async with Stack(config) as stack, RawCoapServer() as raw_coap:
-        bench = Bench(stack, raw_coap, sizes)
+        bench = Bench(stack, raw_coap, sizes, args.latency_rate)
         for n, name in enumerate(selected, 1):
             progress(f"[{n}/{len(selected)}] {name}")
             try:
@@ -668,6 +677,7 @@ async def main(args: argparse.Namespace) -> int:
         },
         "sizes": sizes,
         "fanout_rate": args.rate,
+        "latency_rate": args.latency_rate or None,
         "duration_s": time.perf_counter() - started,
         "scenarios": results,
     }
@@ -709,6 +719,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=100_000.0,
         help="MSGIN5G_FANOUT_RATE for the run (default: unpaced)",
+    )
+    parser.add_argument(
+        "--latency-rate",
+        type=float,
+        default=0.0,
+        help="P2P latency pass at this many msg/s, system and raw alike (default: each at "
+        "half of its own max)",
     )
     return parser.parse_args(argv)
 

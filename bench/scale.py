@@ -132,6 +132,7 @@ async def redis_memory(args: argparse.Namespace) -> dict[str, Any]:
             found += sum(await pipe.execute())
     sizes_grpc = await _key_sizes(redis, ids[0])
     sizes_stores = await _key_sizes(redis, ids[-1]) if via_grpc < len(ids) else sizes_grpc
+    await router.close()
     await redis.aclose()
     await handler.close()
     if found != len(ids):

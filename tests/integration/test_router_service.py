@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
+import grpc
 import pytest_asyncio
 from redis.asyncio import Redis
 
@@ -81,6 +82,7 @@ async def router(redis: Redis) -> AsyncIterator[rgrpc.RouterServiceAsyncStub]:
         await server.stop(grace=0)
         await dispatcher.drain()
         await clients.close()
+        await store.close()
 
 
 async def pending(stub: rgrpc.RouterServiceAsyncStub) -> list[str]:
@@ -171,3 +173,49 @@ async def test_a_repeated_delivery_report_reaches_the_sender_once(
     assert (await router.SubmitReport(report, timeout=5)).ok is True
     inbox = await router.GetInbox(rpb.GetInboxRequest(ue_svc_id=SENDER), timeout=5)
     assert list(inbox.docs) == []
+
+
+async def test_a_batch_of_messages_is_answered_message_by_message(
+    router: rgrpc.RouterServiceAsyncStub, redis: Redis
+) -> None:
+    """Verifies SubmitMessages: each item is handled as SubmitMessage handles it, its answer
+    in its position, and one that fails (refused, or invalid as a whole) fails alone."""
+    stranger = submit("m3")
+    stranger.message.ori_addr.CopyFrom(ue_addr("ue-unregistered"))
+    no_edge = submit("m4")
+    no_edge.ClearField("edge")
+    batch = rpb.SubmitMessagesRequest(requests=[submit("m1"), stranger, no_edge, submit("m2")])
+
+    reply = await router.SubmitMessages(batch, timeout=5)
+
+    first, refused, invalid, last = reply.results
+    assert first.response.result == pb.MSG_RESULT_STORED
+    assert not first.HasField("error")
+    assert refused.response.result == pb.MSG_RESULT_FAILED
+    assert refused.response.failure_cause == "NOT_REGISTERED"
+    assert invalid.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert not invalid.HasField("response")
+    assert last.response.result == pb.MSG_RESULT_STORED
+    assert sorted(await pending(router)) == ["m1", "m2"]
+    assert await recipient_state(redis, "m2") == "STORED"
+
+
+async def test_a_batch_of_acknowledgements_is_answered_one_by_one(
+    router: rgrpc.RouterServiceAsyncStub, redis: Redis
+) -> None:
+    """Verifies AcknowledgeMany: each acknowledgement matches (or not) on its own."""
+    await router.SubmitMessages(
+        rpb.SubmitMessagesRequest(requests=[submit("m1"), submit("m2")]), timeout=5
+    )
+    no_edge = ack("m2")
+    no_edge.ClearField("edge")
+    batch = rpb.AcknowledgeManyRequest(requests=[ack("m1"), ack("unknown"), no_edge])
+
+    reply = await router.AcknowledgeMany(batch, timeout=5)
+
+    matched, unknown, invalid = reply.results
+    assert matched.response.matched is True
+    assert unknown.response.matched is False
+    assert invalid.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert await pending(router) == ["m2"]
+    assert await recipient_state(redis, "m1") == "DELIVERED"

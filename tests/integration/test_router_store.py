@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import pytest_asyncio
 from redis.asyncio import Redis
 
 from msgin5g.v1 import common_pb2 as pb
@@ -65,9 +67,11 @@ def ue_keys(keys: Keys, ue: str) -> list[str]:
     ]
 
 
-@pytest.fixture
-def store(redis: Redis) -> RouterStore:
-    return RouterStore(redis, KEYS)
+@pytest_asyncio.fixture
+async def store(redis: Redis) -> AsyncIterator[RouterStore]:
+    store = RouterStore(redis, KEYS)
+    yield store
+    await store.close()
 
 
 async def state_of(store: RouterStore, rcpt: str = RCPT) -> dict[str, Any]:

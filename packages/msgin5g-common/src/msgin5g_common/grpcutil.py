@@ -63,8 +63,8 @@ class GrpcServer:
         await self.server.stop(grace)
 
 
-def channel(target: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+def channel(target: str, options: list[tuple[str, Any]] | None = None) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS + (options or []))
 
 
 def host_of(bind: str) -> str:

@@ -22,6 +22,7 @@ from msgin5g.v1 import router_pb2 as rpb
 from msgin5g.v1 import router_pb2_grpc as rgrpc
 from msgin5g_common import convert, metrics
 from msgin5g_common import header as h
+from msgin5g_common.batch import BatchedCall, closed_channel, item_failed
 from msgin5g_common.errors import Cause, InvalidDocument, Msgin5gError, Overloaded, error_for
 from msgin5g_common.grpcutil import channel
 from msgin5g_common.ratelimit import RateLimited, UeLimits
@@ -33,6 +34,10 @@ log = logging.getLogger("msgin5g.uplink")
 # which only clears once someone else acts (the recipient acknowledges).
 BACKEND_RETRY = 1
 ROUTER_RETRY = 10
+# MSGs and acknowledgements sent to the router in one batched call at most, and batched
+# calls of each kind on their way at once (batch.py: calls made meanwhile wait and go together).
+BATCH_ITEMS = 100
+BATCHES_IN_FLIGHT = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,10 +73,60 @@ class UplinkHandler:
         self.router: rgrpc.RouterServiceAsyncStub = rgrpc.RouterServiceStub(self._router_channel)
         self.edge = edge
         self.timeout = timeout
+        # The MSGs and acknowledgements of all UEs go to the router in batches (batch.py);
+        # each keeps its own answer, and an older router gets them one call each.
+        self._submits: BatchedCall[rpb.SubmitMessageRequest, rpb.SubmitMessageResponse] = (
+            BatchedCall(
+                self._submit_many,
+                self._submit_one,
+                "SubmitMessages",
+                max_items=BATCH_ITEMS,
+                max_in_flight=BATCHES_IN_FLIGHT,
+            )
+        )
+        self._acks: BatchedCall[rpb.AcknowledgeRequest, rpb.AcknowledgeResponse] = BatchedCall(
+            self._ack_many,
+            self._ack_one,
+            "AcknowledgeMany",
+            max_items=BATCH_ITEMS,
+            max_in_flight=BATCHES_IN_FLIGHT,
+        )
 
     async def close(self) -> None:
+        self._submits.close(closed_channel())
+        self._acks.close(closed_channel())
         await self._registry_channel.close()
         await self._router_channel.close()
+        await self._submits.drain()
+        await self._acks.drain()
+
+    async def _submit_one(self, request: rpb.SubmitMessageRequest) -> rpb.SubmitMessageResponse:
+        return await self.router.SubmitMessage(request, timeout=self.timeout)
+
+    async def _submit_many(
+        self, requests: list[rpb.SubmitMessageRequest]
+    ) -> list[rpb.SubmitMessageResponse | BaseException]:
+        reply = await self.router.SubmitMessages(
+            rpb.SubmitMessagesRequest(requests=requests), timeout=self.timeout
+        )
+        return [
+            item_failed(r.error.code, r.error.details) if r.HasField("error") else r.response
+            for r in reply.results
+        ]
+
+    async def _ack_one(self, request: rpb.AcknowledgeRequest) -> rpb.AcknowledgeResponse:
+        return await self.router.Acknowledge(request, timeout=self.timeout)
+
+    async def _ack_many(
+        self, requests: list[rpb.AcknowledgeRequest]
+    ) -> list[rpb.AcknowledgeResponse | BaseException]:
+        reply = await self.router.AcknowledgeMany(
+            rpb.AcknowledgeManyRequest(requests=requests), timeout=self.timeout
+        )
+        return [
+            item_failed(r.error.code, r.error.details) if r.HasField("error") else r.response
+            for r in reply.results
+        ]
 
     async def handle(self, doc: h.Uplink) -> Reply:
         """Serves one uplink document; infrastructure failures become OVERLOADED replies,
@@ -155,9 +210,8 @@ class UplinkHandler:
         )
 
     async def submit(self, doc: h.Msg) -> Reply:
-        reply = await self.router.SubmitMessage(
-            rpb.SubmitMessageRequest(message=convert.msg_to_pb(doc), edge=self.edge),
-            timeout=self.timeout,
+        reply = await self._submits(
+            rpb.SubmitMessageRequest(message=convert.msg_to_pb(doc), edge=self.edge)
         )
         if reply.result == pb.MSG_RESULT_FAILED:
             err = error_for(reply.failure_cause, reply.failure_detail)
@@ -178,7 +232,7 @@ class UplinkHandler:
         )
         if doc.ori_addr is not None:
             request.ori_addr.CopyFrom(convert.address_to_pb(doc.ori_addr))
-        await self.router.Acknowledge(request, timeout=self.timeout)
+        await self._acks(request)
         return Reply(None)
 
     async def subscribe(self, ue: str, topics: list[str], until: datetime | None) -> Reply:

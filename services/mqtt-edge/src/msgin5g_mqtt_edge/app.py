@@ -8,7 +8,7 @@ import logging
 from msgin5g.v1 import common_pb2 as pb
 from msgin5g.v1 import edge_pb2 as epb
 from msgin5g.v1 import edge_pb2_grpc as egrpc
-from msgin5g_common import aggregate, convert, metrics, redisutil, service
+from msgin5g_common import aggregate, convert, edgeservice, metrics, redisutil, service
 from msgin5g_common.edges import Heartbeat, default_edge_id
 from msgin5g_common.grpcutil import Context, GrpcServer, host_of
 from msgin5g_common.keys import Keys
@@ -62,10 +62,13 @@ async def serve(settings: MqttEdgeSettings, stop: asyncio.Event) -> None:
         await redis.aclose()
         await handler.close()
         return
-    grpc_server = GrpcServer(["msgin5g.v1.EdgeService"])
+    grpc_server = GrpcServer(["msgin5g.v1.EdgeService", edgeservice.SERVICE_NAME])
+    servicer = EdgeServicer(bridge, edge_id, settings.mqtt_aggregate_bytes)
+    grpc_server.add(lambda s: egrpc.add_EdgeServiceServicer_to_server(servicer, s))
+    # The router's deliveries in batches (DeliverMany), each as Deliver.
     grpc_server.add(
-        lambda s: egrpc.add_EdgeServiceServicer_to_server(
-            EdgeServicer(bridge, edge_id, settings.mqtt_aggregate_bytes), s
+        lambda s: egrpc.add_EdgeBatchServiceServicer_to_server(
+            edgeservice.BatchedDeliveries(servicer), s
         )
     )
     grpc_port = await grpc_server.start(settings.edge_grpc_bind)

@@ -43,6 +43,8 @@ UE_SHARE = 16
 # Answers to shed publishes waiting to be published, at most (beyond that a flood gets no
 # answer: its sender is not reading them anyway). Each holds at most one document.
 REFUSALS = 1024
+# Publishes awaiting their PUBACK beyond which aiomqtt warns (a broker that falls behind).
+PENDING_PUBLISHES_WARN = 2000
 
 
 class MqttBridge:
@@ -99,7 +101,7 @@ class MqttBridge:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self.settings.mqtt_session_expiry
         s = self.settings
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             s.mqtt_host,
             s.mqtt_port,
             username=s.mqtt_username or None,
@@ -114,6 +116,11 @@ class MqttBridge:
             # paho leaves Nagle on: every small publish would wait ~40 ms for an ACK.
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
+        # aiomqtt logs a warning on every publish made while more than this many wait for
+        # their PUBACK (default 10): at a few hundred messages a second that was one warning
+        # per message, and the logging cost more CPU than the publishing.
+        client.pending_calls_threshold = PENDING_PUBLISHES_WARN
+        return client
 
     async def _run(self) -> None:
         """Connects, subscribes and reads uplink; reconnects with back-off, forever."""

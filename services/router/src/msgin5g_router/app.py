@@ -26,7 +26,7 @@ async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
         await redis.aclose()
         return
     store = RouterStore(redis, Keys(settings.redis_prefix))
-    clients = EdgeClients()
+    clients = EdgeClients(settings.grpc_timeout)
     retry = RetryPolicy(
         base_ms=int(settings.retry_base * 1000),
         max_ms=int(settings.retry_max * 1000),
@@ -89,4 +89,5 @@ async def serve(settings: RouterSettings, stop: asyncio.Event) -> None:
     await dispatcher.drain()
     await clients.close()
     await appservers.close()
+    await store.close()
     await redis.aclose()

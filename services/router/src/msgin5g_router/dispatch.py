@@ -22,6 +22,7 @@ from msgin5g.v1 import common_pb2 as pb
 from msgin5g.v1 import edge_pb2 as epb
 from msgin5g.v1 import edge_pb2_grpc as egrpc
 from msgin5g_common import metrics
+from msgin5g_common.batch import BatchedCall, ItemFailed, closed_channel, item_failed
 from msgin5g_common.grpcutil import channel
 from msgin5g_common.keys import address_key_of, as_of
 from msgin5g_router.appservers import AppServers, Outcome
@@ -32,35 +33,82 @@ from msgin5g_router.store import Acked, Route, RouterStore, StateChange, now_ms
 log = logging.getLogger("msgin5g.router.dispatch")
 
 COAP, MQTT = "coap", "mqtt"
+# Deliveries to one edge replica in one DeliverMany call at most, and such calls on their
+# way to it at once.
+DELIVER_BATCH = 100
+DELIVERIES_IN_FLIGHT = 1
 # Seconds the router remembers an edge replica's address and the list of live MQTT replicas.
 ADDRESS_TTL = 1.0
 # A resolved UE: the replica that serves it and that replica's gRPC address.
 Target = tuple[Route, str]
+# A forward recorded already (``RouterStore.store_pending``): its state changes, and when
+# the re-send it scheduled is due (ms; None: none scheduled).
+Recorded = tuple[list[StateChange], int | None]
+
+
+class EdgeClient:
+    """The channel to one edge replica. Deliveries made at the same time (each for another
+    UE: one dispatch at a time per UE) go in one DeliverMany call (EdgeBatchService,
+    batch.py); an edge without that service gets one Deliver call each."""
+
+    def __init__(self, address: str, timeout: float) -> None:
+        # A subchannel of its own: a client is made anew after its edge failed, and must not
+        # inherit the failed connection's back-off from gRPC's process-wide subchannel pool
+        # (a restarted edge would be refused for another few hundred ms).
+        self.channel = channel(address, [("grpc.use_local_subchannel_pool", 1)])
+        self.stub: egrpc.EdgeServiceAsyncStub = egrpc.EdgeServiceStub(self.channel)
+        self.batch_stub: egrpc.EdgeBatchServiceAsyncStub = egrpc.EdgeBatchServiceStub(self.channel)
+        self.timeout = timeout
+        self.deliver: BatchedCall[epb.DeliverRequest, epb.DeliverResponse] = BatchedCall(
+            self._deliver_many,
+            self._deliver_one,
+            "DeliverMany",
+            max_items=DELIVER_BATCH,
+            max_in_flight=DELIVERIES_IN_FLIGHT,
+        )
+
+    async def _deliver_one(self, request: epb.DeliverRequest) -> epb.DeliverResponse:
+        return await self.stub.Deliver(request, timeout=self.timeout)
+
+    async def _deliver_many(
+        self, requests: list[epb.DeliverRequest]
+    ) -> list[epb.DeliverResponse | BaseException]:
+        reply = await self.batch_stub.DeliverMany(
+            epb.DeliverManyRequest(requests=requests), timeout=self.timeout
+        )
+        return [
+            item_failed(r.error.code, r.error.details) if r.HasField("error") else r.response
+            for r in reply.results
+        ]
+
+    async def close(self) -> None:
+        self.deliver.close(closed_channel())
+        await self.channel.close()
+        await self.deliver.drain()
 
 
 class EdgeClients:
-    """One gRPC channel per edge address, reused across calls."""
+    """One client (channel) per edge address, reused across calls."""
 
-    def __init__(self) -> None:
-        self._stubs: dict[str, tuple[grpc.aio.Channel, egrpc.EdgeServiceAsyncStub]] = {}
+    def __init__(self, timeout: float = 5.0) -> None:
+        self.timeout = timeout
+        self._clients: dict[str, EdgeClient] = {}
 
-    def stub(self, address: str) -> egrpc.EdgeServiceAsyncStub:
-        entry = self._stubs.get(address)
-        if entry is None:
-            ch = channel(address)
-            entry = (ch, egrpc.EdgeServiceStub(ch))
-            self._stubs[address] = entry
-        return entry[1]
+    async def deliver(self, address: str, request: epb.DeliverRequest) -> epb.DeliverResponse:
+        client = self._clients.get(address)
+        if client is None:
+            client = self._clients[address] = EdgeClient(address, self.timeout)
+        return await client.deliver(request)
 
     async def forget(self, address: str) -> None:
-        entry = self._stubs.pop(address, None)
-        if entry is not None:
-            await entry[0].close()
+        client = self._clients.pop(address, None)
+        if client is not None:
+            await client.close()
 
     async def close(self) -> None:
-        for ch, _ in self._stubs.values():
-            await ch.close()
-        self._stubs.clear()
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,17 +153,22 @@ class Dispatcher:
         *,
         target: Target | None = None,
         docs: list[pb.Downlink] | None = None,
+        recorded: Recorded | None = None,
     ) -> None:
         """Dispatches in the background (the caller has already answered its client). A
         caller that has just resolved the recipient and holds the new documents passes them:
-        the dispatch then reads neither the route nor the inbox again. A dispatch of the whole
-        inbox that is still waiting to start covers another one (a burst of acknowledgements
-        from a CoAP observer becomes one notification, not one per acknowledgement)."""
+        the dispatch then reads neither the route nor the inbox again; one that also recorded
+        their forward (MQTT: exactly these documents go) passes that, and the dispatch only
+        calls the edge. A dispatch of the whole inbox that is still waiting to start covers
+        another one (a burst of acknowledgements from a CoAP observer becomes one
+        notification, not one per acknowledgement)."""
         if new_refs is None:
             if ue in self._waiting_full:
                 return
             self._waiting_full.add(ue)
-        task = asyncio.create_task(self.dispatch(ue, new_refs, target=target, docs=docs))
+        task = asyncio.create_task(
+            self.dispatch(ue, new_refs, target=target, docs=docs, recorded=recorded)
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -182,6 +235,7 @@ class Dispatcher:
         *,
         target: Target | None = None,
         docs: list[pb.Downlink] | None = None,
+        recorded: Recorded | None = None,
     ) -> bool:
         """Sends the UE its pending documents; ``new_refs`` limits MQTT to the new ones
         (None: everything pending, as on a re-attach). True when they left for the UE."""
@@ -190,7 +244,7 @@ class Dispatcher:
                 if new_refs is None:
                     # From here on, a new change needs a dispatch of its own.
                     self._waiting_full.discard(ue)
-                return await self._dispatch(ue, new_refs, target, docs)
+                return await self._dispatch(ue, new_refs, target, docs, recorded)
         except Exception:
             log.exception("dispatch failed", extra={"ueSvcId": ue})
             return False
@@ -216,6 +270,7 @@ class Dispatcher:
         new_refs: list[str] | None,
         target: Target | None,
         given: list[pb.Downlink] | None,
+        recorded: Recorded | None = None,
     ) -> bool:
         as_id = as_of(ue)
         if as_id is not None:
@@ -230,6 +285,7 @@ class Dispatcher:
             # MQTT sends exactly the new documents, and the caller holds them already.
             docs = given
         else:
+            recorded = None
             pairs, _ = await self.store.inbox(ue, self.inbox_limit if snapshot else None)
             if not snapshot and new_refs is not None:
                 wanted = set(new_refs)
@@ -237,45 +293,65 @@ class Dispatcher:
             docs = [pb.Downlink.FromString(d) for _, d in pairs]
         if not docs:
             return False
+        # The forward is recorded before the edge is called, not after it answers: the edge
+        # may hand the documents on before it answers (a CoAP push edge pushes in the
+        # background), and the recipient's acknowledgement, which any router replica may
+        # handle, must find the forward already recorded, or DELIVERED would be final before
+        # FORWARDED is written. A forward the edge did not make is taken back.
+        if recorded is None:
+            changes = _forward_changes(ue, docs)
+            retry_ms = await self._forwarded(ue, changes)
+        else:
+            changes, retry_ms = recorded
         try:
             with metrics.timed("edge", "Deliver"):
-                reply = await self.clients.stub(address).Deliver(
+                reply = await self.clients.deliver(
+                    address,
                     epb.DeliverRequest(
                         ue_svc_id=ue, docs=docs, snapshot=snapshot, edge_id=route.edge_id
                     ),
-                    timeout=self.timeout,
                 )
         except grpc.aio.AioRpcError as exc:
             log.warning(
                 "edge unreachable",
-                extra={"ueSvcId": ue, "edge": route.edge_id, "code": exc.code().name},
+                extra={
+                    "ueSvcId": ue,
+                    "edge": route.edge_id,
+                    "code": exc.code().name,
+                    "detail": exc.details(),
+                },
             )
-            await self.clients.forget(address)
-            self._addresses.pop((route.kind, route.edge_id), None)
-            await self._waiting(ue, docs)
+            if not isinstance(exc, ItemFailed):
+                # The channel failed (not only this delivery): connect anew next time.
+                await self.clients.forget(address)
+                self._addresses.pop((route.kind, route.edge_id), None)
+            await self.store.unforwarded(ue, changes, retry_ms)
             return False
-        if reply.forwarded:
-            await self._forwarded(ue, docs)
-        else:
-            await self._waiting(ue, docs)
+        if not reply.forwarded:
+            # The replica no longer holds the UE (or died since the route was read): the
+            # documents wait, STORED, until the UE shows up again.
+            await self.store.unforwarded(ue, changes, retry_ms)
         return bool(reply.forwarded)
 
-    async def _waiting(self, rcpt: str, docs: Iterable[pb.Downlink]) -> None:
-        """The documents could not leave (the replica died since the route was read, or no
-        longer holds the UE): their state says STORED, as it would have at acceptance."""
-        await self.store.set_states(_forward_changes(rcpt, docs, "STORED"))
-
     async def _forwarded(
-        self, rcpt: str, docs: Iterable[pb.Downlink], unlimited: bool = False
-    ) -> None:
-        """The documents left for the recipient: FORWARDED, and a re-send scheduled until it
+        self, rcpt: str, changes: list[StateChange], unlimited: bool = False
+    ) -> int | None:
+        """The documents leave for the recipient: FORWARDED, and a re-send scheduled until it
         acknowledges them (a doubling delay, a bounded number of times; after that they
         wait for a UE to show up; an AS, which does not "show up", is retried at the longest
-        delay until the documents expire)."""
-        count = await self.store.forwarded(rcpt, _forward_changes(rcpt, docs))
+        delay until the documents expire). Returns when the re-send is due (ms), if one is."""
+        count = await self.store.forwarded(rcpt, changes)
+        when = self.retry_due(count, unlimited)
+        if when is not None:
+            await self.store.retry_at(rcpt, when)
+        return when
+
+    def retry_due(self, count: int, unlimited: bool = False) -> int | None:
+        """When the re-send after the ``count``-th forward without an acknowledgement is due
+        (ms), or None when there is to be none."""
         if count <= self.retry.limit or unlimited:
-            delay = backoff_ms(count, self.retry.base_ms, self.retry.max_ms)
-            await self.store.retry_at(rcpt, now_ms() + delay)
+            return now_ms() + backoff_ms(count, self.retry.base_ms, self.retry.max_ms)
+        return None
 
     async def _dispatch_as(self, rcpt: str, as_id: str) -> bool:
         """POSTs the AS's pending documents in inbox order; stops at the first that must be
@@ -297,7 +373,7 @@ class Dispatcher:
                 if progressed:
                     # It answers again: back-off starts over from the shortest delay.
                     await self.store.clear_retry(rcpt)
-                await self._forwarded(rcpt, [doc], unlimited=True)
+                await self._forwarded(rcpt, _forward_changes(rcpt, [doc]), unlimited=True)
                 return False
             progressed = True
             await self.store.forwarded(rcpt, _forward_changes(rcpt, [doc]))
@@ -351,12 +427,10 @@ class Dispatcher:
             await self.reports.failed(doc.msg, rcpt, cause or "REFUSED")
 
 
-def _forward_changes(
-    rcpt: str, docs: Iterable[pb.Downlink], state: str = "FORWARDED"
-) -> list[StateChange]:
+def _forward_changes(rcpt: str, docs: Iterable[pb.Downlink]) -> list[StateChange]:
     rcpt_key = address_key_of(rcpt)
     return [
-        StateChange(address_key(d.msg.ori_addr), parent_msg_id(d.msg), rcpt_key, state)
+        StateChange(address_key(d.msg.ori_addr), parent_msg_id(d.msg), rcpt_key, "FORWARDED")
         for d in docs
         if d.WhichOneof("doc") == "msg"
     ]

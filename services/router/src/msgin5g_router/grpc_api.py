@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -37,6 +38,30 @@ RESULT = {
 }
 
 
+class Refused(Exception):
+    """A request the gRPC status ``code`` refuses as a whole (a unary call aborts with it; an
+    item of a batched call gets it as its error)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+def _item_error(outcome: BaseException) -> rpb.ItemError:
+    """How an item of a batched call that raised is answered: as its unary call would have
+    been (an unexpected exception: UNKNOWN, and logged)."""
+    if isinstance(outcome, Refused):
+        return rpb.ItemError(code=outcome.code.value[0], details=outcome.details)
+    if isinstance(outcome, asyncio.CancelledError):
+        return rpb.ItemError(code=grpc.StatusCode.CANCELLED.value[0], details="cancelled")
+    log.error("item of a batched call failed", exc_info=outcome)
+    return rpb.ItemError(
+        code=grpc.StatusCode.UNKNOWN.value[0],
+        details=f"Unexpected {type(outcome).__name__}: {outcome}",
+    )
+
+
 def _failed(msg_id: str, cause: Cause, detail: str) -> rpb.SubmitMessageResponse:
     metrics.ERRORS.labels(cause.value).inc()
     return rpb.SubmitMessageResponse(
@@ -60,12 +85,19 @@ class RouterServicer(rgrpc.RouterServiceServicer):
         self.fanout = fanout
         self.lease_ms = settings.route_lease_ttl * 1000
 
-    async def _edge_kind(self, edge: pb.EdgeRef, context: Context) -> str:
+    @staticmethod
+    def _kind(edge: pb.EdgeRef) -> str:
         kind = KIND_NAME.get(edge.kind)
         if kind is None or not edge.edge_id:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "edge kind and id are required")
-        assert kind is not None
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, "edge kind and id are required")
         return kind
+
+    async def _edge_kind(self, edge: pb.EdgeRef, context: Context) -> str:
+        try:
+            return self._kind(edge)
+        except Refused as refused:
+            await context.abort(refused.code, refused.details)
+            raise AssertionError("unreachable") from refused
 
     async def _speaks_for(self, party: pb.Address, edge: pb.EdgeRef, context: Context) -> bool:
         """UEs speak through the edges, application servers through the AS API; a request
@@ -100,8 +132,33 @@ class RouterServicer(rgrpc.RouterServiceServicer):
     async def SubmitMessage(  # noqa: N802 - gRPC method names are the proto's
         self, request: rpb.SubmitMessageRequest, context: Context
     ) -> rpb.SubmitMessageResponse:
+        try:
+            return await self.submit_message(request)
+        except Refused as refused:
+            await context.abort(refused.code, refused.details)
+            raise AssertionError("unreachable") from refused
+
+    async def SubmitMessages(  # noqa: N802
+        self, request: rpb.SubmitMessagesRequest, context: Context
+    ) -> rpb.SubmitMessagesResponse:
+        """Every item as SubmitMessage, all at once: their Redis work goes in shared round
+        trips (RouterStore's AutoPipeline); each answer only once its item is stored."""
+        outcomes = await asyncio.gather(
+            *(self.submit_message(item) for item in request.requests), return_exceptions=True
+        )
+        return rpb.SubmitMessagesResponse(
+            results=[
+                rpb.SubmitMessageResult(error=_item_error(outcome))
+                if isinstance(outcome, BaseException)
+                else rpb.SubmitMessageResult(response=outcome)
+                for outcome in outcomes
+            ]
+        )
+
+    async def submit_message(self, request: rpb.SubmitMessageRequest) -> rpb.SubmitMessageResponse:
+        """SubmitMessage; raises Refused for a request to refuse as a whole."""
         msg = request.message
-        kind = await self._edge_kind(request.edge, context)
+        kind = self._kind(request.edge)
         from_as = kind == AS_API
         wanted = pb.ADDR_TYPE_AS if from_as else pb.ADDR_TYPE_UE
         if msg.ori_addr.addr_type != wanted:
@@ -277,6 +334,12 @@ class RouterServicer(rgrpc.RouterServiceServicer):
                 await self.store.expect_segments(ori_key, msg.msg_id, rcpt_key, len(pieces))
         docs = [pb.Downlink(msg=piece) for piece in pieces]
         refs = [domain.msg_ref(msg.ori_addr, piece.msg_id) for piece in pieces]
+        recorded = None
+        if created and target is not None and target[0].kind == MQTT and len(pieces) == 1:
+            # It goes to the UE right after this (MQTT sends exactly the new document): the
+            # forward is recorded with the document, one round trip fewer on its way.
+            forward = StateChange(ori_key, msg.msg_id, rcpt_key, "FORWARDED")
+            recorded = ([forward], self.dispatcher.retry_due(parties.unacknowledged + 1))
         if not finished and (created or len(pieces) == 1):
             # Also on a duplicate that is still under way: it repairs a record whose enqueue
             # a crash interrupted (the enqueue and the schedule are idempotent). Not for
@@ -291,10 +354,13 @@ class RouterServicer(rgrpc.RouterServiceServicer):
                     expires_ms,
                     outcome=(ori_key, msg.msg_id, outcome) if first else None,
                     state=(
-                        StateChange(ori_key, msg.msg_id, rcpt_key, "STORED")
+                        recorded[0][0]
+                        if recorded is not None
+                        else StateChange(ori_key, msg.msg_id, rcpt_key, "STORED")
                         if first and not reachable
                         else None
                     ),
+                    forward_retry=recorded[1] if recorded is not None else None,
                 )
         if not created:
             log.debug("duplicate", extra={"msgId": msg.msg_id, "ori": ori_key, "outcome": earlier})
@@ -309,7 +375,7 @@ class RouterServicer(rgrpc.RouterServiceServicer):
             extra={"msgId": msg.msg_id, "ori": ori_key, "rcpt": rcpt_key, "outcome": outcome},
         )
         if reachable:
-            self.dispatcher.spawn(rcpt, refs, target=target, docs=docs)
+            self.dispatcher.spawn(rcpt, refs, target=target, docs=docs, recorded=recorded)
         return rpb.SubmitMessageResponse(msg_id=msg.msg_id, result=RESULT[outcome])
 
     def _expiry(self, msg: pb.Message) -> tuple[int, int] | None:
@@ -386,8 +452,32 @@ class RouterServicer(rgrpc.RouterServiceServicer):
     async def Acknowledge(  # noqa: N802
         self, request: rpb.AcknowledgeRequest, context: Context
     ) -> rpb.AcknowledgeResponse:
+        try:
+            return await self.acknowledge(request)
+        except Refused as refused:
+            await context.abort(refused.code, refused.details)
+            raise AssertionError("unreachable") from refused
+
+    async def AcknowledgeMany(  # noqa: N802
+        self, request: rpb.AcknowledgeManyRequest, context: Context
+    ) -> rpb.AcknowledgeManyResponse:
+        """Every item as Acknowledge, all at once (as SubmitMessages)."""
+        outcomes = await asyncio.gather(
+            *(self.acknowledge(item) for item in request.requests), return_exceptions=True
+        )
+        return rpb.AcknowledgeManyResponse(
+            results=[
+                rpb.AcknowledgeResult(error=_item_error(outcome))
+                if isinstance(outcome, BaseException)
+                else rpb.AcknowledgeResult(response=outcome)
+                for outcome in outcomes
+            ]
+        )
+
+    async def acknowledge(self, request: rpb.AcknowledgeRequest) -> rpb.AcknowledgeResponse:
+        """Acknowledge; raises Refused for a request to refuse as a whole."""
         ue = request.ue_svc_id
-        kind = await self._edge_kind(request.edge, context)
+        kind = self._kind(request.edge)
         if request.ori_addr.addr:
             refs = [
                 domain.msg_ref(request.ori_addr, request.msg_id),

@@ -17,13 +17,15 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
 
 from msgin5g_common.keys import Keys, as_of
+from msgin5g_common.redisutil import AutoPipeline
 
 # Separates the UE from the inbox ref in the expiry schedule: a UE id never contains it, so
 # the first one is the split even though refs contain it too.
 SEP = "\x1f"
+# Seconds a recipient's retry counter outlives its last forward.
+RETRY_COUNT_TTL = 7 * 86400
 
 _ACCEPT = """
 if redis.call('HSETNX', KEYS[1], 'doc', ARGV[1]) == 0 then
@@ -92,6 +94,43 @@ end
 if changed == 1 then redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(st)) end
 if changed == 1 and rank[ARGV[2]] == 3 then return st.times.ACCEPTED or 1 end
 return changed
+"""
+
+# Takes back one forward that did not happen (recorded before the edge was called, as
+# _SET_STATE FORWARDED does, and the edge did not take the documents): one attempt less, and a
+# recipient never forwarded to is STORED again, as if the forward had not been tried. A final
+# state stays as it is.
+_UNFORWARD = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then return 0 end
+local st = cjson.decode(cur)
+if st.state ~= 'FORWARDED' then return 0 end
+local attempts = (st.attempts or 1) - 1
+if attempts > 0 then
+  st.attempts = attempts
+else
+  st.attempts = nil
+  st.state = 'STORED'
+  st.times.FORWARDED = nil
+  if not st.times.STORED then st.times.STORED = tonumber(ARGV[2]) end
+end
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(st))
+return 1
+"""
+
+# One forward fewer without an acknowledgement (the recipient's retry counter).
+_UNCOUNT = """
+local n = tonumber(redis.call('GET', KEYS[1]) or '0')
+if n > 1 then return redis.call('DECR', KEYS[1]) end
+redis.call('DEL', KEYS[1])
+return 0
+"""
+
+# Takes a recipient off the retry schedule only if it is still due when the caller put it.
+_UNSCHEDULE = """
+local at = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if at and tonumber(at) == tonumber(ARGV[2]) then return redis.call('ZREM', KEYS[1], ARGV[1]) end
+return 0
 """
 
 # Adds segment ARGV[1] (document ARGV[2]) of a reassembly. ARGV[3]: the total it declares
@@ -204,6 +243,8 @@ class Parties:
     max_seg_size: int = 0
     # Documents pending in the recipient's inbox.
     pending: int = 0
+    # Forwards to the recipient without an acknowledgement (its retry counter).
+    unacknowledged: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +273,9 @@ class RouterStore:
         self._lock = redis.register_script(_LOCK)
         self._add_segment = redis.register_script(_ADD_SEGMENT)
         self._segment_done = redis.register_script(_SEGMENT_DONE)
+        self._unforward = redis.register_script(_UNFORWARD)
+        self._uncount = redis.register_script(_UNCOUNT)
+        self._unschedule = redis.register_script(_UNSCHEDULE)
         self._scripts = [
             self._accept,
             self._enqueue,
@@ -244,7 +288,13 @@ class RouterStore:
             self._lock,
             self._add_segment,
             self._segment_done,
+            self._unforward,
+            self._uncount,
+            self._unschedule,
         ]
+        # The hot path's commands: what concurrent requests (and the items of a batched
+        # one) ask at the same time goes to Redis in one round trip.
+        self._auto = AutoPipeline(redis, self._load_scripts)
 
     # -- pipelines ---------------------------------------------------------------------------
 
@@ -254,22 +304,24 @@ class RouterStore:
         pipe.evalsha(script.sha, len(keys), *keys, *args)
 
     async def _execute(self, build: Callable[[Any], None]) -> list[Any]:
-        """Runs a non-transactional pipeline that ``build`` fills. A Redis that lost its
-        script cache (a restart) answers NOSCRIPT: the scripts are loaded and the pipeline
-        runs again (every step in these pipelines is idempotent or only counts)."""
-        for attempt in range(2):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                build(pipe)
-                try:
-                    replies: list[Any] = await pipe.execute()
-                except NoScriptError:
-                    if attempt:
-                        raise
-                else:
-                    return replies
-            for script in self._scripts:
-                await self.redis.script_load(script.script)
-        raise AssertionError("unreachable")
+        """Runs the commands ``build`` puts on a pipeline, in one round trip with those of
+        other requests built at the same time (AutoPipeline); their replies, or the first
+        error. A Redis that lost its script cache (a restart) answers NOSCRIPT: the scripts
+        are loaded and the commands run again (every step in these pipelines is idempotent
+        or only counts)."""
+        return await self._auto.execute(build)
+
+    async def _one(self, build: Callable[[Any], None]) -> Any:
+        """``_execute`` of a single command: its reply."""
+        return (await self._execute(build))[0]
+
+    async def _load_scripts(self) -> None:
+        for script in self._scripts:
+            await self.redis.script_load(script.script)
+
+    async def close(self) -> None:
+        """Waits for the commands on their way."""
+        await self._auto.close()
 
     # -- registrations (read-only: the registry owns them) -----------------------------------
 
@@ -290,11 +342,12 @@ class RouterStore:
             else:
                 pipe.hget(self.keys.as_reg(as_id), "targetUri")
             pipe.zcard(self.keys.inbox(rcpt))
+            pipe.get(self.keys.retry_count(rcpt))
             if touch is not None:
                 self._queue(pipe, self._touch_route, [self.keys.route(ori)], list(touch))
 
         replies = await self._execute(build)
-        ori_reg, rcpt_known, (transport, max_seg), where, pending = replies[:5]
+        ori_reg, rcpt_known, (transport, max_seg), where, pending, retries = replies[:6]
         route = None
         target = None
         if as_id is None:
@@ -308,42 +361,49 @@ class RouterStore:
             rcpt_known=bool(rcpt_known) or transport is not None,
             transport=text_or_none(transport),
             route=route,
-            route_changed=touch is not None and bool(replies[5]),
+            route_changed=touch is not None and bool(replies[6]),
             as_target=target,
             max_seg_size=int(max_seg or 0),
             pending=int(pending),
+            unacknowledged=int(retries or 0),
         )
 
     async def pending_counts(self, rcpts: list[str]) -> dict[str, int]:
         """How many documents are pending for each recipient, in one round trip."""
-        async with self.redis.pipeline(transaction=False) as pipe:
+
+        def build(pipe: Any) -> None:
             for rcpt in rcpts:
                 pipe.zcard(self.keys.inbox(rcpt))
-            counts = await pipe.execute()
+
+        counts = await self._execute(build)
         return {r: int(n) for r, n in zip(rcpts, counts, strict=True)}
 
     async def has_message(self, ori: str, msg_id: str) -> bool:
         """Whether a message record of ``ori`` with ``msg_id`` exists (accepted before)."""
-        return bool(await self.redis.exists(self.keys.message(ori, msg_id)))
+        return bool(await self._one(lambda pipe: pipe.exists(self.keys.message(ori, msg_id))))
 
     async def is_registered(self, rcpt: str) -> bool:
-        return bool(await self.redis.exists(self.keys.registration(rcpt)))
+        return bool(await self._one(lambda pipe: pipe.exists(self.keys.registration(rcpt))))
 
     async def as_target(self, as_svc_id: str) -> str | None:
         """Where the AS takes deliveries (its registration's targetUri), or None."""
-        return text_or_none(await self.redis.hget(self.keys.as_reg(as_svc_id), "targetUri"))
+        key = self.keys.as_reg(as_svc_id)
+        return text_or_none(await self._one(lambda pipe: pipe.hget(key, "targetUri")))
 
     async def group_membership(self, group: str, ue: str) -> tuple[int, bool]:
         """(how many members the group has, whether ``ue`` is one of them)."""
         key = self.keys.group_members(group)
-        async with self.redis.pipeline(transaction=False) as pipe:
+
+        def build(pipe: Any) -> None:
             pipe.zcard(key)
             pipe.zscore(key, ue)
-            size, score = await pipe.execute()
+
+        size, score = await self._execute(build)
         return int(size), score is not None
 
     async def registered_transport(self, ue: str) -> str | None:
-        return text_or_none(await self.redis.hget(self.keys.ue_reg(ue), "transport"))
+        key = self.keys.ue_reg(ue)
+        return text_or_none(await self._one(lambda pipe: pipe.hget(key, "transport")))
 
     # -- message records -----------------------------------------------------------------------
 
@@ -357,9 +417,13 @@ class RouterStore:
         # fan-out instead.
         many = rcpt.split(":", 1)[0] in ("GROUP", "TOPIC", "BC")
         state = "" if many else json.dumps({"state": "ACCEPTED", "times": {"ACCEPTED": now}})
-        created, outcome, final = await self._accept(
-            keys=[self.keys.message(ori, msg_id)],
-            args=[doc, now, ttl_ms, rcpt, state, expires_ms],
+        created, outcome, final = await self._one(
+            lambda pipe: self._queue(
+                pipe,
+                self._accept,
+                [self.keys.message(ori, msg_id)],
+                [doc, now, ttl_ms, rcpt, state, expires_ms],
+            )
         )
         return bool(created), text_or_none(outcome) or "", bool(final)
 
@@ -373,10 +437,13 @@ class RouterStore:
         *,
         outcome: tuple[str, str, str] | None = None,
         state: StateChange | None = None,
+        forward_retry: int | None = None,
     ) -> None:
         """Enqueues a document and schedules its expiry, and optionally sets the message's
         outcome (ori, msgId, outcome) and a recipient state: one round trip, each step
-        idempotent (a retried or duplicate submission repeats them harmlessly)."""
+        idempotent (a retried or duplicate submission repeats them harmlessly). A state
+        FORWARDED also counts the forward as ``forwarded`` does and, with ``forward_retry``
+        (ms), schedules the re-send then (the caller forwards the document right after)."""
 
         def build(pipe: Any) -> None:
             self._queue(
@@ -390,6 +457,11 @@ class RouterStore:
                 pipe.hset(self.keys.message(outcome[0], outcome[1]), "outcome", outcome[2])
             if state is not None:
                 self._queue_state(pipe, state)
+            if state is not None and state.state == "FORWARDED":
+                pipe.incr(self.keys.retry_count(rcpt))
+                pipe.expire(self.keys.retry_count(rcpt), RETRY_COUNT_TTL)
+                if forward_retry is not None:
+                    pipe.zadd(self.keys.retry(), {rcpt: forward_retry})
 
         await self._execute(build)
 
@@ -401,14 +473,6 @@ class RouterStore:
             [f"st:{change.rcpt}", change.state, now_ms(), change.cause],
         )
 
-    async def set_states(self, changes: list[StateChange]) -> None:
-        def build(pipe: Any) -> None:
-            for change in changes:
-                self._queue_state(pipe, change)
-
-        if changes:
-            await self._execute(build)
-
     async def forwarded(self, rcpt: str, changes: list[StateChange]) -> int:
         """Records that documents left for the recipient (their states become FORWARDED)
         and counts one more forward without an acknowledgement; returns the count."""
@@ -417,10 +481,32 @@ class RouterStore:
             for change in changes:
                 self._queue_state(pipe, change)
             pipe.incr(self.keys.retry_count(rcpt))
-            pipe.expire(self.keys.retry_count(rcpt), 7 * 86400)
+            pipe.expire(self.keys.retry_count(rcpt), RETRY_COUNT_TTL)
 
         replies = await self._execute(build)
         return int(replies[len(changes)])
+
+    async def unforwarded(
+        self, rcpt: str, changes: list[StateChange], retry_ms: int | None
+    ) -> None:
+        """Takes back a ``forwarded`` whose documents did not leave: each state loses that
+        attempt (back to STORED when it was the only one), the count goes down by one, and
+        the re-send scheduled for ``retry_ms`` (if any, and unless rescheduled since) goes."""
+
+        def build(pipe: Any) -> None:
+            now = now_ms()
+            for change in changes:
+                self._queue(
+                    pipe,
+                    self._unforward,
+                    [self.keys.message(change.ori, change.msg_id)],
+                    [f"st:{change.rcpt}", now],
+                )
+            self._queue(pipe, self._uncount, [self.keys.retry_count(rcpt)], [])
+            if retry_ms is not None:
+                self._queue(pipe, self._unschedule, [self.keys.retry()], [rcpt, retry_ms])
+
+        await self._execute(build)
 
     async def take_pending(
         self, rcpt: str, refs: list[str], exact: bool, touch: tuple[str, str, int] | None = None
@@ -544,24 +630,28 @@ class RouterStore:
 
     async def expect_segments(self, ori: str, msg_id: str, rcpt: str, count: int) -> None:
         """The message goes to ``rcpt`` in ``count`` segments, each acknowledged on its own."""
-        await self.redis.hset(self.keys.message(ori, msg_id), f"segs:{rcpt}", count)
+        key = self.keys.message(ori, msg_id)
+        await self._one(lambda pipe: pipe.hset(key, f"segs:{rcpt}", count))
 
     async def segment_done(self, ori: str, msg_id: str, rcpt: str) -> int:
         """One more segment acknowledged: how many remain (-1: the message was not segmented
         for this recipient, or its record is gone)."""
-        left = await self._segment_done(
-            keys=[self.keys.message(ori, msg_id)], args=[f"segs:{rcpt}"]
+        left = await self._one(
+            lambda pipe: self._queue(
+                pipe, self._segment_done, [self.keys.message(ori, msg_id)], [f"segs:{rcpt}"]
+            )
         )
         return int(left)
 
     async def set_outcome(self, ori: str, msg_id: str, outcome: str) -> None:
-        await self.redis.hset(self.keys.message(ori, msg_id), "outcome", outcome)
+        key = self.keys.message(ori, msg_id)
+        await self._one(lambda pipe: pipe.hset(key, "outcome", outcome))
 
     async def set_state(self, ori: str, msg_id: str, rcpt: str, state: str, cause: str = "") -> int:
         """Moves the recipient's state forward; 0 when nothing changed, else non-zero (the
         acceptance time in ms when the new state is final)."""
-        changed = await self._set_state(
-            keys=[self.keys.message(ori, msg_id)], args=[f"st:{rcpt}", state, now_ms(), cause]
+        changed = await self._one(
+            lambda pipe: self._queue_state(pipe, StateChange(ori, msg_id, rcpt, state, cause))
         )
         return int(changed)
 
@@ -573,7 +663,8 @@ class RouterStore:
             await self.redis.hset(key, f"rep:{rcpt}", name)
 
     async def record(self, ori: str, msg_id: str) -> dict[str, Any]:
-        raw = await self.redis.hgetall(self.keys.message(ori, msg_id))
+        key = self.keys.message(ori, msg_id)
+        raw = await self._one(lambda pipe: pipe.hgetall(key))
         return {text_or_none(k) or "": v for k, v in raw.items()}
 
     # -- inboxes ---------------------------------------------------------------------------------
@@ -591,7 +682,11 @@ class RouterStore:
         return acked
 
     async def remove_pending(self, ue: str, ref: str) -> bytes | None:
-        doc = await self._remove(keys=[self.keys.inbox(ue), self.keys.docs(ue)], args=[ref])
+        doc = await self._one(
+            lambda pipe: self._queue(
+                pipe, self._remove, [self.keys.inbox(ue), self.keys.docs(ue)], [ref]
+            )
+        )
         return None if doc is None else _bytes(doc)
 
     async def replace_pending(self, ue: str, ref: str, doc: bytes) -> bool:
@@ -608,10 +703,12 @@ class RouterStore:
     # -- expiry and retry schedules ------------------------------------------------------------
 
     async def schedule_expiry(self, ue: str, ref: str, expires_ms: int) -> None:
-        await self.redis.zadd(self.keys.expiry(), {f"{ue}{SEP}{ref}": expires_ms})
+        key = self.keys.expiry()
+        await self._one(lambda pipe: pipe.zadd(key, {f"{ue}{SEP}{ref}": expires_ms}))
 
     async def unschedule_expiry(self, ue: str, ref: str) -> None:
-        await self.redis.zrem(self.keys.expiry(), f"{ue}{SEP}{ref}")
+        key = self.keys.expiry()
+        await self._one(lambda pipe: pipe.zrem(key, f"{ue}{SEP}{ref}"))
 
     async def pending_count(self) -> int:
         """Documents stored and not acknowledged, all UEs together (the expiry schedule)."""
@@ -626,13 +723,15 @@ class RouterStore:
         return pairs
 
     async def retry_at(self, ue: str, when_ms: int) -> None:
-        await self.redis.zadd(self.keys.retry(), {ue: when_ms})
+        key = self.keys.retry()
+        await self._one(lambda pipe: pipe.zadd(key, {ue: when_ms}))
 
     async def clear_retry(self, ue: str) -> None:
-        async with self.redis.pipeline(transaction=False) as pipe:
+        def build(pipe: Any) -> None:
             pipe.delete(self.keys.retry_count(ue))
             pipe.zrem(self.keys.retry(), ue)
-            await pipe.execute()
+
+        await self._execute(build)
 
     async def claim_due_retries(self, now: int, limit: int) -> list[str]:
         """UEs whose retry is due, each taken off the schedule by exactly one caller."""
@@ -656,16 +755,20 @@ class RouterStore:
 
     async def inbox(self, ue: str, limit: int | None) -> tuple[list[tuple[str, bytes]], int]:
         """The first ``limit`` pending documents (all when None) and how many are pending."""
+        inbox = self.keys.inbox(ue)
         if limit is not None and limit <= 0:
-            return [], int(await self.redis.zcard(self.keys.inbox(ue)))
+            return [], int(await self._one(lambda pipe: pipe.zcard(inbox)))
         stop = -1 if limit is None else limit - 1
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zrange(self.keys.inbox(ue), 0, stop)
-            pipe.zcard(self.keys.inbox(ue))
-            refs, pending = await pipe.execute()
+
+        def build(pipe: Any) -> None:
+            pipe.zrange(inbox, 0, stop)
+            pipe.zcard(inbox)
+
+        refs, pending = await self._execute(build)
         if not refs:
             return [], int(pending)
-        docs = await self.redis.hmget(self.keys.docs(ue), refs)
+        docs_key = self.keys.docs(ue)
+        docs = await self._one(lambda pipe: pipe.hmget(docs_key, refs))
         pairs = [
             (text_or_none(r) or "", _bytes(d))
             for r, d in zip(refs, docs, strict=True)
@@ -677,7 +780,11 @@ class RouterStore:
 
     async def touch_route(self, ue: str, kind: str, edge_id: str, ttl_ms: int) -> bool:
         """Points the UE's lease at this replica; True when it pointed elsewhere (or nowhere)."""
-        changed = await self._touch_route(keys=[self.keys.route(ue)], args=[kind, edge_id, ttl_ms])
+        changed = await self._one(
+            lambda pipe: self._queue(
+                pipe, self._touch_route, [self.keys.route(ue)], [kind, edge_id, ttl_ms]
+            )
+        )
         return bool(changed)
 
     async def renew_routes(self, ues: list[str], edge_id: str, ttl_ms: int) -> None:
@@ -688,16 +795,20 @@ class RouterStore:
         await self._execute(build)
 
     async def detach_route(self, ue: str, edge_id: str) -> None:
-        await self._detach_route(keys=[self.keys.route(ue)], args=[edge_id])
+        await self._one(
+            lambda pipe: self._queue(pipe, self._detach_route, [self.keys.route(ue)], [edge_id])
+        )
 
     async def route(self, ue: str) -> Route | None:
-        kind, edge = await self.redis.hmget(self.keys.route(ue), ["kind", "edge"])
+        key = self.keys.route(ue)
+        kind, edge = await self._one(lambda pipe: pipe.hmget(key, ["kind", "edge"]))
         if kind is None or edge is None:
             return None
         return Route(text_or_none(kind) or "", text_or_none(edge) or "")
 
     async def edge_address(self, kind: str, edge_id: str) -> str | None:
-        return text_or_none(await self.redis.get(self.keys.edge(kind, edge_id)))
+        key = self.keys.edge(kind, edge_id)
+        return text_or_none(await self._one(lambda pipe: pipe.get(key)))
 
     async def live_edges(self, kind: str) -> list[str]:
         ids = await self.redis.zrangebyscore(self.keys.edges(kind), now_ms(), "+inf")

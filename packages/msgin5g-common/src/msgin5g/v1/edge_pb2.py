@@ -25,17 +25,27 @@ _sym_db = _symbol_database.Default()
 from msgin5g.v1 import common_pb2 as msgin5g_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15msgin5g/v1/edge.proto\x12\nmsgin5g.v1\x1a\x17msgin5g/v1/common.proto\"j\n\x0e\x44\x65liverRequest\x12\x11\n\tue_svc_id\x18\x01 \x01(\t\x12\"\n\x04\x64ocs\x18\x02 \x03(\x0b\x32\x14.msgin5g.v1.Downlink\x12\x10\n\x08snapshot\x18\x03 \x01(\x08\x12\x0f\n\x07\x65\x64ge_id\x18\x04 \x01(\t\"$\n\x0f\x44\x65liverResponse\x12\x11\n\tforwarded\x18\x01 \x01(\x08\x32Q\n\x0b\x45\x64geService\x12\x42\n\x07\x44\x65liver\x12\x1a.msgin5g.v1.DeliverRequest\x1a\x1b.msgin5g.v1.DeliverResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15msgin5g/v1/edge.proto\x12\nmsgin5g.v1\x1a\x17msgin5g/v1/common.proto\"B\n\x12\x44\x65liverManyRequest\x12,\n\x08requests\x18\x01 \x03(\x0b\x32\x1a.msgin5g.v1.DeliverRequest\"-\n\x0c\x44\x65liverError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07\x64\x65tails\x18\x02 \x01(\t\"g\n\rDeliverResult\x12-\n\x08response\x18\x01 \x01(\x0b\x32\x1b.msgin5g.v1.DeliverResponse\x12\'\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x18.msgin5g.v1.DeliverError\"A\n\x13\x44\x65liverManyResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.msgin5g.v1.DeliverResult\"j\n\x0e\x44\x65liverRequest\x12\x11\n\tue_svc_id\x18\x01 \x01(\t\x12\"\n\x04\x64ocs\x18\x02 \x03(\x0b\x32\x14.msgin5g.v1.Downlink\x12\x10\n\x08snapshot\x18\x03 \x01(\x08\x12\x0f\n\x07\x65\x64ge_id\x18\x04 \x01(\t\"$\n\x0f\x44\x65liverResponse\x12\x11\n\tforwarded\x18\x01 \x01(\x08\x32Q\n\x0b\x45\x64geService\x12\x42\n\x07\x44\x65liver\x12\x1a.msgin5g.v1.DeliverRequest\x1a\x1b.msgin5g.v1.DeliverResponse2b\n\x10\x45\x64geBatchService\x12N\n\x0b\x44\x65liverMany\x12\x1e.msgin5g.v1.DeliverManyRequest\x1a\x1f.msgin5g.v1.DeliverManyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'msgin5g.v1.edge_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DELIVERREQUEST']._serialized_start=62
-  _globals['_DELIVERREQUEST']._serialized_end=168
-  _globals['_DELIVERRESPONSE']._serialized_start=170
-  _globals['_DELIVERRESPONSE']._serialized_end=206
-  _globals['_EDGESERVICE']._serialized_start=208
-  _globals['_EDGESERVICE']._serialized_end=289
+  _globals['_DELIVERMANYREQUEST']._serialized_start=62
+  _globals['_DELIVERMANYREQUEST']._serialized_end=128
+  _globals['_DELIVERERROR']._serialized_start=130
+  _globals['_DELIVERERROR']._serialized_end=175
+  _globals['_DELIVERRESULT']._serialized_start=177
+  _globals['_DELIVERRESULT']._serialized_end=280
+  _globals['_DELIVERMANYRESPONSE']._serialized_start=282
+  _globals['_DELIVERMANYRESPONSE']._serialized_end=347
+  _globals['_DELIVERREQUEST']._serialized_start=349
+  _globals['_DELIVERREQUEST']._serialized_end=455
+  _globals['_DELIVERRESPONSE']._serialized_start=457
+  _globals['_DELIVERRESPONSE']._serialized_end=493
+  _globals['_EDGESERVICE']._serialized_start=495
+  _globals['_EDGESERVICE']._serialized_end=576
+  _globals['_EDGEBATCHSERVICE']._serialized_start=578
+  _globals['_EDGEBATCHSERVICE']._serialized_end=676
 # @@protoc_insertion_point(module_scope)

@@ -95,3 +95,82 @@ class EdgeService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class EdgeBatchServiceStub:
+    """Served next to EdgeService by an edge that takes the router's deliveries in batches.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.DeliverMany = channel.unary_unary(
+                '/msgin5g.v1.EdgeBatchService/DeliverMany',
+                request_serializer=msgin5g_dot_v1_dot_edge__pb2.DeliverManyRequest.SerializeToString,
+                response_deserializer=msgin5g_dot_v1_dot_edge__pb2.DeliverManyResponse.FromString,
+                _registered_method=True)
+
+
+class EdgeBatchServiceServicer:
+    """Served next to EdgeService by an edge that takes the router's deliveries in batches.
+    """
+
+    def DeliverMany(self, request, context):
+        """Several Deliver calls in one (the router batches the deliveries it has for one replica at
+        the same time, each for another UE). Each is handled as Deliver handles it, its answer in
+        the same position; one that fails (error) fails alone. An edge without this service
+        answers UNIMPLEMENTED and the router calls Deliver instead.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_EdgeBatchServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'DeliverMany': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeliverMany,
+                    request_deserializer=msgin5g_dot_v1_dot_edge__pb2.DeliverManyRequest.FromString,
+                    response_serializer=msgin5g_dot_v1_dot_edge__pb2.DeliverManyResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'msgin5g.v1.EdgeBatchService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('msgin5g.v1.EdgeBatchService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class EdgeBatchService:
+    """Served next to EdgeService by an edge that takes the router's deliveries in batches.
+    """
+
+    @staticmethod
+    def DeliverMany(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/msgin5g.v1.EdgeBatchService/DeliverMany',
+            msgin5g_dot_v1_dot_edge__pb2.DeliverManyRequest.SerializeToString,
+            msgin5g_dot_v1_dot_edge__pb2.DeliverManyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -47,3 +47,46 @@ class EdgeServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_edge_pb2.DeliverResponse, _abc.Awaitable[_edge_pb2.DeliverResponse]]: ...
 
 def add_EdgeServiceServicer_to_server(servicer: EdgeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class EdgeBatchServiceStub:
+    """Served next to EdgeService by an edge that takes the router's deliveries in batches."""
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> EdgeBatchServiceAsyncStub: ...
+    DeliverMany: _grpc.UnaryUnaryMultiCallable[_edge_pb2.DeliverManyRequest, _edge_pb2.DeliverManyResponse]
+    """Several Deliver calls in one (the router batches the deliveries it has for one replica at
+    the same time, each for another UE). Each is handled as Deliver handles it, its answer in
+    the same position; one that fails (error) fails alone. An edge without this service
+    answers UNIMPLEMENTED and the router calls Deliver instead.
+    """
+
+@_typing.type_check_only
+class EdgeBatchServiceAsyncStub(EdgeBatchServiceStub):
+    """Served next to EdgeService by an edge that takes the router's deliveries in batches."""
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    DeliverMany: _aio.UnaryUnaryMultiCallable[_edge_pb2.DeliverManyRequest, _edge_pb2.DeliverManyResponse]  # type: ignore[assignment]
+    """Several Deliver calls in one (the router batches the deliveries it has for one replica at
+    the same time, each for another UE). Each is handled as Deliver handles it, its answer in
+    the same position; one that fails (error) fails alone. An edge without this service
+    answers UNIMPLEMENTED and the router calls Deliver instead.
+    """
+
+class EdgeBatchServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Served next to EdgeService by an edge that takes the router's deliveries in batches."""
+
+    @_abc_1.abstractmethod
+    def DeliverMany(
+        self,
+        request: _edge_pb2.DeliverManyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_edge_pb2.DeliverManyResponse, _abc.Awaitable[_edge_pb2.DeliverManyResponse]]:
+        """Several Deliver calls in one (the router batches the deliveries it has for one replica at
+        the same time, each for another UE). Each is handled as Deliver handles it, its answer in
+        the same position; one that fails (error) fails alone. An edge without this service
+        answers UNIMPLEMENTED and the router calls Deliver instead.
+        """
+
+def add_EdgeBatchServiceServicer_to_server(servicer: EdgeBatchServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

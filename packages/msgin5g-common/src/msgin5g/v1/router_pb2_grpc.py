@@ -84,6 +84,16 @@ class RouterServiceStub:
                 request_serializer=msgin5g_dot_v1_dot_router__pb2.WakeAsRequest.SerializeToString,
                 response_deserializer=msgin5g_dot_v1_dot_router__pb2.WakeAsResponse.FromString,
                 _registered_method=True)
+        self.SubmitMessages = channel.unary_unary(
+                '/msgin5g.v1.RouterService/SubmitMessages',
+                request_serializer=msgin5g_dot_v1_dot_router__pb2.SubmitMessagesRequest.SerializeToString,
+                response_deserializer=msgin5g_dot_v1_dot_router__pb2.SubmitMessagesResponse.FromString,
+                _registered_method=True)
+        self.AcknowledgeMany = channel.unary_unary(
+                '/msgin5g.v1.RouterService/AcknowledgeMany',
+                request_serializer=msgin5g_dot_v1_dot_router__pb2.AcknowledgeManyRequest.SerializeToString,
+                response_deserializer=msgin5g_dot_v1_dot_router__pb2.AcknowledgeManyResponse.FromString,
+                _registered_method=True)
 
 
 class RouterServiceServicer:
@@ -160,6 +170,22 @@ class RouterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitMessages(self, request, context):
+        """Several SubmitMessage calls in one (an edge batches the MSGs it has at the same time).
+        Each is handled as SubmitMessage handles it, its answer in the same position and only
+        after it is stored; one that fails (error) fails alone.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcknowledgeMany(self, request, context):
+        """Several Acknowledge calls in one, as SubmitMessages.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -212,6 +238,16 @@ def add_RouterServiceServicer_to_server(servicer, server):
                     servicer.WakeAs,
                     request_deserializer=msgin5g_dot_v1_dot_router__pb2.WakeAsRequest.FromString,
                     response_serializer=msgin5g_dot_v1_dot_router__pb2.WakeAsResponse.SerializeToString,
+            ),
+            'SubmitMessages': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitMessages,
+                    request_deserializer=msgin5g_dot_v1_dot_router__pb2.SubmitMessagesRequest.FromString,
+                    response_serializer=msgin5g_dot_v1_dot_router__pb2.SubmitMessagesResponse.SerializeToString,
+            ),
+            'AcknowledgeMany': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcknowledgeMany,
+                    request_deserializer=msgin5g_dot_v1_dot_router__pb2.AcknowledgeManyRequest.FromString,
+                    response_serializer=msgin5g_dot_v1_dot_router__pb2.AcknowledgeManyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -484,6 +520,60 @@ class RouterService:
             '/msgin5g.v1.RouterService/WakeAs',
             msgin5g_dot_v1_dot_router__pb2.WakeAsRequest.SerializeToString,
             msgin5g_dot_v1_dot_router__pb2.WakeAsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/msgin5g.v1.RouterService/SubmitMessages',
+            msgin5g_dot_v1_dot_router__pb2.SubmitMessagesRequest.SerializeToString,
+            msgin5g_dot_v1_dot_router__pb2.SubmitMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcknowledgeMany(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/msgin5g.v1.RouterService/AcknowledgeMany',
+            msgin5g_dot_v1_dot_router__pb2.AcknowledgeManyRequest.SerializeToString,
+            msgin5g_dot_v1_dot_router__pb2.AcknowledgeManyResponse.FromString,
             options,
             channel_credentials,
             insecure,

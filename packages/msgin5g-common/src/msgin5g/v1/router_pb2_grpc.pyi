@@ -53,6 +53,13 @@ class RouterServiceStub:
     """The originator changes the expiry of its stored message, or discards it."""
     WakeAs: _grpc.UnaryUnaryMultiCallable[_router_pb2.WakeAsRequest, _router_pb2.WakeAsResponse]
     """An application server registered (or changed its targetUri): send what waits for it."""
+    SubmitMessages: _grpc.UnaryUnaryMultiCallable[_router_pb2.SubmitMessagesRequest, _router_pb2.SubmitMessagesResponse]
+    """Several SubmitMessage calls in one (an edge batches the MSGs it has at the same time).
+    Each is handled as SubmitMessage handles it, its answer in the same position and only
+    after it is stored; one that fails (error) fails alone.
+    """
+    AcknowledgeMany: _grpc.UnaryUnaryMultiCallable[_router_pb2.AcknowledgeManyRequest, _router_pb2.AcknowledgeManyResponse]
+    """Several Acknowledge calls in one, as SubmitMessages."""
 
 @_typing.type_check_only
 class RouterServiceAsyncStub(RouterServiceStub):
@@ -79,6 +86,13 @@ class RouterServiceAsyncStub(RouterServiceStub):
     """The originator changes the expiry of its stored message, or discards it."""
     WakeAs: _aio.UnaryUnaryMultiCallable[_router_pb2.WakeAsRequest, _router_pb2.WakeAsResponse]  # type: ignore[assignment]
     """An application server registered (or changed its targetUri): send what waits for it."""
+    SubmitMessages: _aio.UnaryUnaryMultiCallable[_router_pb2.SubmitMessagesRequest, _router_pb2.SubmitMessagesResponse]  # type: ignore[assignment]
+    """Several SubmitMessage calls in one (an edge batches the MSGs it has at the same time).
+    Each is handled as SubmitMessage handles it, its answer in the same position and only
+    after it is stored; one that fails (error) fails alone.
+    """
+    AcknowledgeMany: _aio.UnaryUnaryMultiCallable[_router_pb2.AcknowledgeManyRequest, _router_pb2.AcknowledgeManyResponse]  # type: ignore[assignment]
+    """Several Acknowledge calls in one, as SubmitMessages."""
 
 class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -162,5 +176,24 @@ class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_router_pb2.WakeAsResponse, _abc.Awaitable[_router_pb2.WakeAsResponse]]:
         """An application server registered (or changed its targetUri): send what waits for it."""
+
+    @_abc_1.abstractmethod
+    def SubmitMessages(
+        self,
+        request: _router_pb2.SubmitMessagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_router_pb2.SubmitMessagesResponse, _abc.Awaitable[_router_pb2.SubmitMessagesResponse]]:
+        """Several SubmitMessage calls in one (an edge batches the MSGs it has at the same time).
+        Each is handled as SubmitMessage handles it, its answer in the same position and only
+        after it is stored; one that fails (error) fails alone.
+        """
+
+    @_abc_1.abstractmethod
+    def AcknowledgeMany(
+        self,
+        request: _router_pb2.AcknowledgeManyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_router_pb2.AcknowledgeManyResponse, _abc.Awaitable[_router_pb2.AcknowledgeManyResponse]]:
+        """Several Acknowledge calls in one, as SubmitMessages."""
 
 def add_RouterServiceServicer_to_server(servicer: RouterServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
