@@ -14,13 +14,16 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 import pytest_asyncio
 
 pytestmark = pytest.mark.e2e
 
 COAP_CLIENT = "coap-client-notls"
+COAPS_CLIENT = "coap-client-openssl"
 TIMEOUT = 20
+ADMIN_TOKEN = "readme-admin-token-0123456789"
 
 
 def _children(pid: int) -> set[int]:
@@ -50,18 +53,25 @@ def _alive(pid: int) -> bool:
 
 
 class Running:
-    def __init__(self, proc: asyncio.subprocess.Process, coap: int, mqtt: int) -> None:
-        self.proc, self.coap, self.mqtt = proc, coap, mqtt
+    def __init__(self, proc: asyncio.subprocess.Process, banner: str) -> None:
+        self.proc, self.banner = proc, banner
+        self.coap, self.coaps = self._port(r"coap://"), self._port(r"coaps://")
+        self.mqtt, self.http = self._port(r"mqtt://"), self._port(r"http://")
+
+    def _port(self, scheme: str) -> int:
+        found = re.search(scheme + r"127\.0\.0\.1:(\d+)", self.banner)
+        assert found is not None, (scheme, self.banner)
+        return int(found.group(1))
 
 
-@pytest_asyncio.fixture
-async def devstack(tmp_path: Path) -> AsyncIterator[Running]:
+async def _devstack(tmp_path: Path, *options: str, env: dict[str, str]) -> Running:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "msgin5g_devstack", "run",
-        "--coap-port", "0", "--http-port", "0", "--mqtt-port", "0", "--redis-port", "0",
-        "--data-dir", str(tmp_path),
+        "--coap-port", "0", "--coaps-port", "0", "--http-port", "0", "--mqtt-port", "0",
+        "--redis-port", "0", "--data-dir", str(tmp_path), *options,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **env},
     )  # fmt: skip
     assert proc.stdout is not None
     banner = ""
@@ -69,21 +79,36 @@ async def devstack(tmp_path: Path) -> AsyncIterator[Running]:
         line = await asyncio.wait_for(proc.stdout.readline(), TIMEOUT)
         assert line, "msgin5g-devstack exited before it was ready"
         banner += line.decode()
-    coap = re.search(r"coap://127\.0\.0\.1:(\d+)", banner)
-    mqtt = re.search(r"mqtt://127\.0\.0\.1:(\d+)", banner)
-    assert coap is not None
-    assert mqtt is not None
-    running = Running(proc, int(coap.group(1)), int(mqtt.group(1)))
+    return Running(proc, banner)
+
+
+@pytest_asyncio.fixture
+async def devstack(tmp_path: Path) -> AsyncIterator[Running]:
+    running = await _devstack(tmp_path, env={})
     try:
         yield running
     finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), TIMEOUT)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await _stop(running.proc)
+
+
+@pytest_asyncio.fixture
+async def secure_devstack(tmp_path: Path) -> AsyncIterator[Running]:
+    """``make run SECURE=1``, with the admin token from the environment."""
+    running = await _devstack(tmp_path, "--secure", env={"MSGIN5G_ADMIN_TOKEN": ADMIN_TOKEN})
+    try:
+        yield running
+    finally:
+        await _stop(running.proc)
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), TIMEOUT)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
 
 
 async def _run(*cmd: str) -> str:
@@ -176,6 +201,74 @@ async def test_readme_session_with_coap_client_and_mosquitto_tools(devstack: Run
     ack = '{"msgType":"MSGRESP","msgId":"m-2","result":"DELIVERED","ueSvcId":"ue-1"}'
     await _coap(f"{coap}/msg", ack)
     assert json.loads(await _coap(f"{coap}/inbox/ue-1")) == []
+
+
+async def _tool(*cmd: str) -> tuple[int, str, str]:
+    """A command-line tool's exit code, stdout and stderr (it may fail)."""
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), TIMEOUT)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode().strip(), err.decode().strip()
+
+
+@pytest.mark.skipif(
+    shutil.which(COAPS_CLIENT) is None or shutil.which("mosquitto_rr") is None,
+    reason="make test installs libcoap3-bin and mosquitto-clients",
+)
+async def test_readme_secure_session_with_coap_client_openssl_and_mosquitto_rr(
+    secure_devstack: Running,
+) -> None:
+    run = secure_devstack
+    coap, coaps = f"coap://127.0.0.1:{run.coap}", f"coaps://127.0.0.1:{run.coaps}"
+    assert ADMIN_TOKEN in run.banner
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{run.http}", headers=headers) as http:
+        one = (await http.post("/api/v1/ues/ue-1/credentials")).json()
+        two = (await http.post("/api/v1/ues/ue-2/credentials")).json()
+        psk1, pw2 = one["psk"], two["mqttPassword"]
+
+        dtls = [COAPS_CLIENT, "-B", "5", "-u", "ue-1", "-k", psk1]
+        reg = '{"msgType":"REG","ueSvcId":"ue-1"}'
+        out = await _run(*dtls, "-m", "post", "-t", "50", "-e", reg, f"{coaps}/reg")
+        assert json.loads(out) == {
+            "msgType": "REGRESP", "ueSvcId": "ue-1", "result": "SUCCESS", "lifetime": 86400,
+        }  # fmt: skip
+        _, _, err = await _tool(COAP_CLIENT, "-m", "get", f"{coap}/inbox/ue-1")
+        assert "4.01 NOT_AUTHORIZED: use coaps:// (DTLS-PSK) or OSCORE" in err
+        _, _, err = await _tool(*dtls, "-m", "get", f"{coaps}/inbox/ue-2")
+        assert "4.03 NOT_AUTHORIZED: authenticated as ue-1, not ue-2" in err
+
+        # ue-2 over MQTT; the broker knows its password once msgin5g-credsync has synced.
+        rr = ["mosquitto_rr", "-V", "mqttv5", "-p", str(run.mqtt), "-u", "ue-2", "-P", pw2,
+              "-q", "1", "-t", "msgin5g/up/ue-2", "-e", "msgin5g/ue/ue-2", "-W", "5"]  # fmt: skip
+        deadline = asyncio.get_running_loop().time() + TIMEOUT
+        while True:
+            code, out, err = await _tool(*rr, "-m", '{"msgType":"REG","ueSvcId":"ue-2"}')
+            if code == 0 or asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.2)  # the password file is re-read every second
+        assert json.loads(out)["result"] == "SUCCESS", err
+        msg = {
+            "msgType": "MSG", "msgId": "m-3", "payload": "sealed",
+            "oriAddr": {"addrType": "UE", "addr": "ue-2"},
+            "destAddr": {"addrType": "UE", "addr": "ue-1"},
+        }  # fmt: skip
+        out = await _run(*rr, "-m", json.dumps(msg))
+        assert json.loads(out) == {"msgType": "MSGRESP", "msgId": "m-3", "result": "STORED"}
+        assert json.loads(await _run(*dtls, "-m", "get", f"{coaps}/inbox/ue-1")) == [msg]
+
+        assert (await http.delete("/api/v1/ues/ue-2/credentials")).status_code == 204
+        mqtt = ["-V", "mqttv5", "-p", str(run.mqtt), "-u", "ue-2", "-P", pw2]
+        deadline = asyncio.get_running_loop().time() + TIMEOUT
+        while True:
+            code, out, err = await _tool("mosquitto_pub", *mqtt, "-t", "msgin5g/up/ue-2", "-m", "x")
+            if code != 0 or asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        assert code != 0
+        assert "not authorised" in err.lower() or "not authorized" in err.lower(), err
 
 
 async def test_sigint_stops_every_process_of_the_system(devstack: Running) -> None:

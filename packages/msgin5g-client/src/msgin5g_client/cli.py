@@ -37,7 +37,9 @@ from msgin5g_client.mqtt import MqttUe
 from msgin5g_common import header as h
 
 PROG = "msgin5g"
-DEFAULT_SERVER = "127.0.0.1:5683"
+DEFAULT_COAP_PORT = 5683
+DEFAULT_COAPS_PORT = 5684
+DEFAULT_SERVER = f"127.0.0.1:{DEFAULT_COAP_PORT}"
 DEFAULT_BROKER = "127.0.0.1:1883"
 DEFAULT_API = "http://127.0.0.1:8080"
 DEFAULT_TIMEOUT = 10.0
@@ -116,7 +118,7 @@ def _endpoint(value: str, default_port: int, schemes: tuple[str, ...]) -> HostPo
 
 
 def coap_server(value: str) -> HostPort:
-    return _endpoint(value, 5683, ("coap",))
+    return _endpoint(value, DEFAULT_COAP_PORT, ("coap",))
 
 
 def mqtt_broker(value: str) -> HostPort:
@@ -202,6 +204,9 @@ def endpoint_text(args: argparse.Namespace) -> str:
         host, port = args.broker
         return f"mqtt://{_host_text(host)}:{port}"
     host, port = args.server
+    if getattr(args, "psk", None):
+        port = DEFAULT_COAPS_PORT if port == DEFAULT_COAP_PORT else port
+        return f"coaps://{_host_text(host)}:{port}"
     return f"coap://{_host_text(host)}:{port}"
 
 
@@ -210,8 +215,20 @@ def make_ue(args: argparse.Namespace, ue_id: str) -> Ue:
         # A client identifier of its own: the UE's own connection (another msgin5g listen,
         # a device) must not be taken over by the broker.
         client_id = f"{ue_id}.cli-{uuid.uuid4().hex[:8]}"
-        return MqttUe(ue_id, args.broker, timeout=args.timeout, client_id=client_id)
-    return CoapUe(ue_id, args.server, timeout=args.timeout)
+        password = getattr(args, "password", None)
+        return MqttUe(
+            ue_id,
+            args.broker,
+            timeout=args.timeout,
+            client_id=None if password else client_id,
+            username=ue_id if password else None,
+            password=password,
+        )
+    psk = getattr(args, "psk", None)
+    host, port = args.server
+    if psk and port == DEFAULT_COAP_PORT:
+        port = DEFAULT_COAPS_PORT
+    return CoapUe(ue_id, (host, port), timeout=args.timeout, psk=psk)
 
 
 def downlink(
@@ -704,6 +721,17 @@ def _add_common(parser: argparse.ArgumentParser, uses: str, *, top: bool = False
             metavar="HOST[:PORT]",
             default=default(_env("MSGIN5G_SERVER", DEFAULT_SERVER)),
             help=f"the CoAP server (env MSGIN5G_SERVER, default {DEFAULT_SERVER})",
+        )
+        group.add_argument(
+            "--psk",
+            default=default(os.environ.get("MSGIN5G_PSK") or None),
+            help="the UE's DTLS pre-shared key (env MSGIN5G_PSK): CoAP over coaps://, PSK "
+            f"identity = the UE; port {DEFAULT_COAP_PORT} of --server becomes {DEFAULT_COAPS_PORT}",
+        )
+        group.add_argument(
+            "--password",
+            default=default(os.environ.get("MSGIN5G_PASSWORD") or None),
+            help="the UE's MQTT password (env MSGIN5G_PASSWORD): username and client id = the UE",
         )
         group.add_argument(
             "--broker",

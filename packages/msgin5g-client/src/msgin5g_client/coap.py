@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from datetime import datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -41,11 +44,48 @@ JSON = ContentFormat.JSON
 REACK_AFTER = 2.0
 
 
+def write_oscore_context(folder: str | Path, oscore: dict[str, str]) -> str:
+    """Writes the ``oscore`` member of the registry's credentials as an aiocoap security
+    context folder (for ``CoapUe(oscore_dir=...)``); its secret file is readable by the owner
+    only. Returns the folder."""
+    path = Path(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    settings = {
+        "sender-id_hex": oscore["senderId"],
+        "recipient-id_hex": oscore["recipientId"],
+        "algorithm": "AES-CCM-16-64-128",
+        "kdf-hashfun": "sha256",
+    }
+    (path / "settings.json").write_text(json.dumps(settings))
+    secret = path / "secret.json"
+    fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"secret_hex": oscore["masterSecret"], "salt_hex": oscore["masterSalt"]}, f)
+    return str(path)
+
+
 class CoapUe:
-    def __init__(self, ue_svc_id: str, server: tuple[str, int], *, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        ue_svc_id: str,
+        server: tuple[str, int],
+        *,
+        timeout: float = 10.0,
+        psk: str | None = None,
+        oscore_dir: str | None = None,
+    ) -> None:
+        """``psk``: talk ``coaps://`` (DTLS-PSK, identity = the UE Service ID) to ``server``,
+        the server's DTLS port. ``oscore_dir``: protect every request with OSCORE, from a
+        security context folder as aiocoap keeps them (``settings.json`` with ``sender-id_hex``
+        and ``recipient-id_hex``, ``secret.json`` with ``secret_hex`` and ``salt_hex``; aiocoap
+        stores its sequence numbers there). Both from the registry's credentials."""
+        if psk is not None and oscore_dir is not None:
+            raise ValueError("DTLS or OSCORE, not both")
         self.ue_svc_id = ue_svc_id
         host, port = server
-        self.base = f"coap://{host}:{port}"
+        self.base = f"{'coaps' if psk is not None else 'coap'}://{host}:{port}"
+        self._psk = psk
+        self._oscore_dir = oscore_dir
         self.timeout = timeout
         self.seen = Seen()
         self._acked: OrderedDict[tuple[str, str, str], float] = OrderedDict()
@@ -54,7 +94,27 @@ class CoapUe:
         self._observer: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Self:
-        self._context = await aiocoap.Context.create_client_context(transports=["udp6"])
+        transports = ["udp6"]
+        if self._psk is not None:
+            transports = ["tinydtls"]
+        elif self._oscore_dir is not None:
+            transports = ["oscore", "udp6"]
+        self._context = await aiocoap.Context.create_client_context(transports=transports)
+        if self._psk is not None:
+            self._context.client_credentials.load_from_dict(
+                {
+                    f"{self.base}/*": {
+                        "dtls": {
+                            "psk": self._psk.encode(),
+                            "client-identity": self.ue_svc_id.encode(),
+                        }
+                    }
+                }
+            )
+        elif self._oscore_dir is not None:
+            self._context.client_credentials.load_from_dict(
+                {f"{self.base}/*": {"oscore": {"basedir": self._oscore_dir}}}
+            )
         return self
 
     async def __aexit__(

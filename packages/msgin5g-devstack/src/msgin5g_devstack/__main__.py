@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -24,14 +25,29 @@ def _console_line(name: str, line: str) -> None:
 
 def _banner(stack: Stack) -> str:
     coap_host, coap_port = stack.coap_addr
+    coaps_host, coaps_port = stack.coaps_addr
     mqtt_host, mqtt_port = stack.mqtt_addr
     logs = stack.log_dir
-    return "\n".join(
-        [
-            "MSGin5G Server is running on loopback in development mode: no device authentication,",
+    if stack.config.secure:
+        mode = [
+            "MSGin5G Server is running on loopback with device security on:",
+            "  devices need credentials: POST /api/v1/ues/{ueSvcId}/credentials with the admin",
+            f"  token below. CoAP: DTLS-PSK on {coaps_port} or OSCORE on {coap_port} (plain "
+            "CoAP gets 4.01); MQTT: username = ueSvcId and its mqttPassword, own topics only.",
+            f"  admin token         {stack.admin_token}",
+        ]
+    else:
+        mode = [
+            "MSGin5G Server is running on loopback in development mode: plain CoAP and MQTT take",
+            "  any device without credentials (make run SECURE=1 turns device security on),",
             "  and the AS API and management API take requests WITHOUT tokens (OAuth2 is off;",
             "  the Helm chart turns it on, see docs/as-api.md).",
+        ]
+    return "\n".join(
+        [
+            *mode,
             f"  CoAP (UEs)          coap://{coap_host}:{coap_port}   /reg /msg /inbox/{{ueSvcId}}",
+            f"  CoAP over DTLS      coaps://{coaps_host}:{coaps_port}  (PSK identity = ueSvcId)",
             f"  MQTT broker (UEs)   mqtt://{mqtt_host}:{mqtt_port}    "
             "msgin5g/up/{ueSvcId} msgin5g/ue/{ueSvcId}",
             f"  registry HTTP API   {stack.http_url}   (OpenAPI: {stack.http_url}/docs)",
@@ -48,10 +64,16 @@ def _banner(stack: Stack) -> str:
 async def _run(args: argparse.Namespace) -> int:
     config = StackConfig(
         ports=Ports(
-            coap=args.coap_port, http=args.http_port, mqtt=args.mqtt_port, redis=args.redis_port
+            coap=args.coap_port,
+            coaps=args.coaps_port,
+            http=args.http_port,
+            mqtt=args.mqtt_port,
+            redis=args.redis_port,
         ),
         data_dir=Path(args.data_dir),
         on_line=_console_line,
+        secure=args.secure,
+        admin_token=os.environ.get("MSGIN5G_ADMIN_TOKEN", ""),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -83,11 +105,20 @@ def main() -> None:
     run = sub.add_parser("run", help="start Redis, Mosquitto and the four services on loopback")
     run.add_argument("--coap-port", type=int, default=5683, help="CoAP UDP port (default 5683)")
     run.add_argument(
+        "--coaps-port", type=int, default=5684, help="CoAP over DTLS UDP port (default 5684)"
+    )
+    run.add_argument(
         "--http-port", type=int, default=8080, help="registry HTTP port (default 8080)"
     )
     run.add_argument("--mqtt-port", type=int, default=1883, help="MQTT broker port (default 1883)")
     run.add_argument("--redis-port", type=int, default=6379, help="Redis port (default 6379)")
     run.add_argument("--data-dir", default=".run", help="Redis data, broker config, logs (.run)")
+    run.add_argument(
+        "--secure",
+        action="store_true",
+        help="device security on: DTLS/OSCORE only, broker authentication and ACLs, admin "
+        "token (MSGIN5G_ADMIN_TOKEN, or generated)",
+    )
     args = parser.parse_args()
     sys.exit(asyncio.run(_run(args)))
 

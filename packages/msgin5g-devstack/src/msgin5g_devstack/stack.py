@@ -8,12 +8,14 @@ the runner (``PR_SET_PDEATHSIG``) and is stopped with SIGTERM, then SIGKILL, on 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import ctypes
 import getpass
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -77,6 +79,7 @@ class Ports:
     """Every port of the system; 0 means "pick a free one"."""
 
     coap: int = 5683
+    coaps: int = 5684
     http: int = 8080
     mqtt: int = 1883
     redis: int = 6379
@@ -84,6 +87,8 @@ class Ports:
     router_grpc: int = 0
     coap_edge_grpc: int = 0
     mqtt_edge_grpc: int = 0
+    # Secure mode: the broker's listener of the mqtt-edge (devices use ``mqtt``).
+    mqtt_edge: int = 0
 
     def resolve(self) -> Ports:
         """Picks free ports for Redis and Mosquitto, which cannot bind port 0 themselves;
@@ -92,11 +97,12 @@ class Ports:
             self,
             mqtt=self.mqtt or free_port(),
             redis=self.redis or free_port(),
+            mqtt_edge=self.mqtt_edge or free_port(),
         )
 
     @classmethod
     def ephemeral(cls) -> Ports:
-        return cls(coap=0, http=0, mqtt=0, redis=0)
+        return cls(coap=0, coaps=0, http=0, mqtt=0, redis=0)
 
 
 @dataclass
@@ -116,6 +122,14 @@ class StackConfig:
     env: dict[str, str] = field(default_factory=dict)
     # Called with (process name, log line) for lines worth showing on a console.
     on_line: Callable[[str, str], None] | None = None
+    # Device security on (make run SECURE=1): CoAP only over DTLS or OSCORE; the broker
+    # authenticates devices (password file kept by msgin5g-credsync) and confines them with
+    # ACLs; the management API needs the admin token (empty: one is generated).
+    secure: bool = False
+    admin_token: str = ""
+
+
+EDGE_USER = "msgin5g-edge"
 
 
 class Stack:
@@ -129,6 +143,10 @@ class Stack:
         self.procs: dict[str, Process] = {}
         self.listen: dict[str, dict[str, Any]] = {}
         self._expected: list[tuple[str, Callable[[str], bool], asyncio.Future[str]]] = []
+        self.admin_token = config.admin_token or (
+            secrets.token_urlsafe(24) if config.secure else ""
+        )
+        self.edge_password = secrets.token_urlsafe(24)
 
     async def __aenter__(self) -> Self:
         try:
@@ -156,6 +174,38 @@ class Stack:
         return HOST, self.ports.coap
 
     @property
+    def coaps_addr(self) -> tuple[str, int]:
+        return HOST, self.ports.coaps
+
+    @property
+    def kek_file(self) -> Path:
+        """The key-encryption key of the device credentials: made once per data folder, so
+        that credentials survive a restart of the stack."""
+        path = self.data_dir / "credentials.kek"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
+        return path
+
+    @property
+    def signing_key_file(self) -> Path:
+        """The EC P-256 key the registry signs OAuth2 tokens with (secure mode), made once."""
+        path = self.data_dir / "signing-key.pem"
+        if not path.exists():
+            from cryptography.hazmat.primitives import serialization
+            from cryptography.hazmat.primitives.asymmetric import ec
+
+            pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            _private(path, pem.decode())
+        return path
+
+    @property
     def mqtt_addr(self) -> tuple[str, int]:
         return HOST, self.ports.mqtt
 
@@ -169,6 +219,9 @@ class Stack:
             "MSGIN5G_MQTT_PORT": str(p.mqtt),
             "MSGIN5G_COAP_HOST": HOST,
             "MSGIN5G_COAP_PORT": str(p.coap),
+            "MSGIN5G_COAP_DTLS_PORT": str(p.coaps),
+            # Development mode: plain CoAP stays open (DTLS and OSCORE work too).
+            "MSGIN5G_COAP_INSECURE": "false" if self.config.secure else "true",
             "MSGIN5G_HTTP_HOST": HOST,
             "MSGIN5G_HTTP_PORT": str(p.http),
             # Four services on one machine: each takes a free port for /metrics.
@@ -180,6 +233,20 @@ class Stack:
             "router": f"{HOST}:{p.router_grpc}",
         }.get(name, "")
         # A stable replica id, like a pod name: a restarted edge resumes its broker session.
+        given = self.config.env
+        if name == "registry":
+            # A key of the caller's (inline or in a file) wins over the stack's own.
+            if not {"MSGIN5G_CREDENTIALS_KEK", "MSGIN5G_CREDENTIALS_KEK_FILE"} & set(given):
+                env["MSGIN5G_CREDENTIALS_KEK_FILE"] = str(self.kek_file)
+            if self.config.secure:
+                env["MSGIN5G_AUTH_ENABLED"] = "true"
+                if not {"MSGIN5G_AUTH_SIGNING_KEY", "MSGIN5G_AUTH_SIGNING_KEY_FILE"} & set(given):
+                    env["MSGIN5G_AUTH_SIGNING_KEY_FILE"] = str(self.signing_key_file)
+                env["MSGIN5G_ADMIN_TOKEN"] = self.admin_token
+        if name == "mqtt-edge" and self.config.secure:
+            env["MSGIN5G_MQTT_PORT"] = str(p.mqtt_edge)
+            env["MSGIN5G_MQTT_USERNAME"] = EDGE_USER
+            env["MSGIN5G_MQTT_PASSWORD"] = self.edge_password
         if name == "coap-edge":
             env["MSGIN5G_EDGE_GRPC_BIND"] = f"{HOST}:{p.coap_edge_grpc}"
             env["MSGIN5G_EDGE_ID"] = "coap-edge-1"
@@ -206,6 +273,8 @@ class Stack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         await self._with_free_port("redis", self.start_redis)
         await self._with_free_port("mqtt", self.start_mosquitto)
+        if self.config.secure:
+            await self.start_credsync()
         for name in SERVICES:
             await self.start_service(name)
 
@@ -242,12 +311,14 @@ class Stack:
 
     async def start_mosquitto(self) -> None:
         conf = self.data_dir / "mosquitto.conf"
+        listeners = [f"listener {self.ports.mqtt} {HOST}", "allow_anonymous true"]
+        if self.config.secure:
+            listeners = self._secure_listeners()
         conf.write_text(
             "\n".join(
                 [
                     "# Written by msgin5g-devstack: a loopback broker for development and tests.",
-                    f"listener {self.ports.mqtt} {HOST}",
-                    "allow_anonymous true",
+                    *listeners,
                     "persistence false",
                     # Run as whoever runs us: run as root, Mosquitto would otherwise switch to
                     # the 'mosquitto' user, and that change of credentials clears the death
@@ -268,6 +339,53 @@ class Stack:
         await self._spawn(
             "mosquitto", [mosquitto_binary(), "-c", str(conf)], {}, _line_contains(" running")
         )
+
+    def _secure_listeners(self) -> list[str]:
+        """The broker as the Helm chart configures it: devices on the usual port, each with its
+        own password (from the registry, by msgin5g-credsync) and confined by ACLs to its own
+        topics; the mqtt-edge on a listener of its own."""
+        env = self.config.env
+        prefix = env.get("MSGIN5G_MQTT_PREFIX", "msgin5g")
+        group = env.get("MSGIN5G_MQTT_SHARE_GROUP", "msgin5g-edge")
+        auth = self.data_dir / "mqtt-auth"
+        auth.mkdir(parents=True, exist_ok=True)
+        devices = auth / "devices.passwd"
+        if not devices.exists():
+            _private(devices, "")  # msgin5g-credsync fills it
+        (auth / "devices.acl").write_text(
+            f"pattern write {prefix}/up/%u/#\npattern read {prefix}/ue/%u\n"
+        )
+        edge_hash = credential_hash(self.edge_password)
+        _private(auth / "edge.passwd", f"{EDGE_USER}:{edge_hash}\n")
+        (auth / "edge.acl").write_text(
+            f"user {EDGE_USER}\ntopic read {prefix}/up/#\n"
+            f"topic read $share/{group}/{prefix}/up/#\ntopic write {prefix}/ue/#\n"
+        )
+        return [
+            "per_listener_settings true",
+            f"listener {self.ports.mqtt} {HOST}",
+            "allow_anonymous false",
+            "use_username_as_clientid true",
+            f"password_file {devices}",
+            f"acl_file {auth / 'devices.acl'}",
+            f"listener {self.ports.mqtt_edge} {HOST}",
+            "allow_anonymous false",
+            f"password_file {auth / 'edge.passwd'}",
+            f"acl_file {auth / 'edge.acl'}",
+        ]
+
+    async def start_credsync(self) -> None:
+        """msgin5g-credsync: the broker's device passwords follow the registry's credentials."""
+        env = {
+            "MSGIN5G_REDIS_URL": self.redis_url,
+            "MSGIN5G_CREDSYNC_PASSWORD_FILE": str(self.data_dir / "mqtt-auth" / "devices.passwd"),
+            "MSGIN5G_CREDSYNC_MOSQUITTO_PID": str(self.procs["mosquitto"].proc.pid),
+            "MSGIN5G_METRICS_HOST": HOST,
+            "MSGIN5G_METRICS_PORT": "0",
+        }
+        env.update({k: v for k, v in self.config.env.items() if k == "MSGIN5G_REDIS_PREFIX"})
+        cmd = [sys.executable, "-c", "from msgin5g_registry.credsync import main; main()"]
+        await self._spawn("credsync", cmd, env, _json_ready)
 
     async def start_service(self, name: str) -> dict[str, Any]:
         module = "msgin5g_" + name.replace("-", "_")
@@ -290,6 +408,8 @@ class Stack:
             p.router_grpc = port("grpc")
         elif name == "coap-edge":
             p.coap_edge_grpc, p.coap = port("grpc"), port("coap")
+            if listen.get("coaps"):
+                p.coaps = port("coaps")
         elif name == "mqtt-edge":
             p.mqtt_edge_grpc = port("grpc")
 
@@ -320,7 +440,7 @@ class Stack:
 
     async def stop(self) -> None:
         # Edges first, then the core, then the infrastructure: in-flight work can finish.
-        for name in (*reversed(SERVICES), "mosquitto", "redis"):
+        for name in (*reversed(SERVICES), "credsync", "mosquitto", "redis"):
             await self.stop_process(name)
         for name in list(self.procs):
             await self.stop_process(name)
@@ -396,6 +516,20 @@ class Stack:
                 if self.config.on_line is not None:
                     self.config.on_line(entry.name, line)
                 self._match_expected(entry.name, line)
+
+
+def _private(path: Path, text: str) -> None:
+    """Writes a file only its owner may read (Mosquitto refuses world-readable secrets)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def credential_hash(password: str) -> str:
+    """Mosquitto's ``$7$`` (PBKDF2-SHA512) hash of a password, as the registry stores them."""
+    from msgin5g_registry.credentials import mqtt_hash
+
+    return mqtt_hash(password)
 
 
 def _json_event(line: str) -> str | None:

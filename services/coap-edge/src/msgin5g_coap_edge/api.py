@@ -17,6 +17,7 @@ from aiocoap.numbers.codes import Code
 from aiocoap.numbers.contentformat import ContentFormat
 
 from msgin5g_coap_edge.push import Pusher
+from msgin5g_coap_edge.security import claimed_ue
 from msgin5g_common import aggregate, metrics
 from msgin5g_common import header as h
 from msgin5g_common.errors import (
@@ -24,6 +25,7 @@ from msgin5g_common.errors import (
     Cause,
     InvalidDocument,
     Msgin5gError,
+    NotAuthorized,
     PayloadTooLarge,
     UnsupportedContentFormat,
 )
@@ -41,6 +43,12 @@ class NotFound(Msgin5gError):
 
 class MethodNotAllowed(Exception):
     pass
+
+
+class NotAuthenticated(Msgin5gError):
+    """A request without credentials where they are required: 4.01 (RFC 7252 5.9.2.2)."""
+
+    cause = Cause.NOT_AUTHORIZED
 
 
 def coap_code(cause: Cause) -> Code:
@@ -121,8 +129,13 @@ class CoapApi(resource.Resource, interfaces.ObservableResource, resource.PathCap
         max_payload: int,
         notification_bytes: int,
         push_timeout: float = 10.0,
+        *,
+        require_auth: bool = False,
     ) -> None:
+        """``require_auth``: every request must come over DTLS or OSCORE (else 4.01); an
+        authenticated request may only name its own UE (else 4.03), in either mode."""
         super().__init__()
+        self.require_auth = require_auth
         self.handler = handler
         self.pusher = Pusher(handler, push_timeout)
         self.max_payload = max_payload
@@ -156,6 +169,8 @@ class CoapApi(resource.Resource, interfaces.ObservableResource, resource.PathCap
 
     async def add_observation(self, request: Message, serverobservation: object) -> None:
         path = request.opt.uri_path
+        if not self._allowed(request, path[1] if len(path) == 2 else "", "topic" in path[:1]):
+            return  # not accepted: render answers 4.01/4.03 and the relation never starts
         if len(path) == 2 and path[0] == "inbox" and h.valid_id(path[1]):
             cancel = self.observers.add(path[1], serverobservation)
             serverobservation.accept(cancel)  # type: ignore[attr-defined]
@@ -170,6 +185,10 @@ class CoapApi(resource.Resource, interfaces.ObservableResource, resource.PathCap
             return await self._route(request)
         except MethodNotAllowed:
             return Message(code=Code.METHOD_NOT_ALLOWED)
+        except NotAuthenticated as err:
+            return Message(
+                code=Code.UNAUTHORIZED, payload=f"{err.cause.value}: {err.detail}".encode()
+            )
         except RateLimited as err:
             return _retry_later(error_message(err.cause, err.detail), err.retry_after)
         except Msgin5gError as err:
@@ -185,21 +204,48 @@ class CoapApi(resource.Resource, interfaces.ObservableResource, resource.PathCap
 
     # -- routing -------------------------------------------------------------------------------
 
+    def _allowed(self, request: Message, path_ue: str, topic: bool) -> bool:
+        try:
+            self._authorize(request, (_query(request, "ue") or "") if topic else path_ue)
+        except Msgin5gError:
+            return False
+        return True
+
+    def _authorize(self, request: Message, ue: str) -> None:
+        """The request may act as ``ue``: its sender proved to be that UE, or (open mode) did
+        not authenticate at all."""
+        claimed = claimed_ue(request.remote)
+        if claimed is None:
+            if self.require_auth:
+                metrics.ERRORS.labels(Cause.NOT_AUTHORIZED.value).inc()
+                raise NotAuthenticated(
+                    "use coaps:// (DTLS-PSK) or OSCORE with the UE's credentials"
+                )
+            return
+        if claimed != ue:
+            metrics.ERRORS.labels(Cause.NOT_AUTHORIZED.value).inc()
+            log.warning("document names another UE", extra={"ueSvcId": claimed, "named": ue})
+            raise NotAuthorized(f"authenticated as {claimed}, not {ue or 'nobody'}")
+
     async def _route(self, request: Message) -> Message:
         path = request.opt.uri_path
         code = request.code
+        if self.require_auth and claimed_ue(request.remote) is None:
+            self._authorize(request, "")  # 4.01 before anything is parsed
         match path:
             case ("reg",):
                 _expect(code, Code.POST)
                 return await self._register(request)
             case ("reg", ue):
                 _expect(code, Code.DELETE)
+                self._authorize(request, _path_id(ue))
                 return await self._deregister(_path_id(ue))
             case ("msg",):
                 _expect(code, Code.POST)
                 return await self._uplink(request)
             case ("inbox", ue):
                 _expect(code, Code.GET)
+                self._authorize(request, _path_id(ue))
                 return await self._inbox(_path_id(ue), request.opt.observe == 0)
             case ("topic", topic):
                 _expect(code, Code.GET)
@@ -218,6 +264,7 @@ class CoapApi(resource.Resource, interfaces.ObservableResource, resource.PathCap
         doc = self._decode(request)
         if not isinstance(doc, h.Reg):
             raise InvalidDocument("msgType: /reg takes REG")
+        self._authorize(request, doc.ue_svc_id)
         push = doc.delivery_mode is h.DeliveryMode.PUSH
         if push:
             # Known before the registry answers: the registration attaches the UE to this
@@ -245,6 +292,7 @@ class CoapApi(resource.Resource, interfaces.ObservableResource, resource.PathCap
         doc = self._decode(request)
         if isinstance(doc, h.Reg | h.Dereg):
             raise InvalidDocument(f"msgType: {type(doc).__name__.upper()} goes to /reg")
+        self._authorize(request, h.sender_of(doc))
         self.pusher.refresh(h.sender_of(doc), request.remote)
         return self._reply_message(await self.handler.handle(doc), Code.CHANGED)
 
@@ -260,6 +308,7 @@ class CoapApi(resource.Resource, interfaces.ObservableResource, resource.PathCap
                 doc = h.decode_uplink(item, max_payload=self.max_payload)
                 if isinstance(doc, h.Reg | h.Dereg):
                     raise InvalidDocument(f"msgType: {type(doc).__name__.upper()} goes to /reg")
+                self._authorize(request, h.sender_of(doc))
                 self.pusher.refresh(h.sender_of(doc), request.remote)
                 reply = await self.handler.handle(doc)
             except Msgin5gError as err:
@@ -283,6 +332,7 @@ class CoapApi(resource.Resource, interfaces.ObservableResource, resource.PathCap
         if ue is None:
             raise InvalidDocument("query: ?ue={ueSvcId} is required (the subscriber)")
         ue = _path_id(ue)
+        self._authorize(request, ue)
         self.handler.limits.admit(ue)
         if request.opt.observe == 0:
             await self.handler.subscribe(ue, [topic], None)
@@ -336,6 +386,20 @@ class CoapApi(resource.Resource, interfaces.ObservableResource, resource.PathCap
             return True
         # No observation here: a push UE gets its documents by CoAP POST.
         return self.pusher.push(ue, docs)
+
+    def end_sessions(self, ue: str) -> int:
+        """Ends the UE's Observe relations (a 4.01 notification is the last one) and forgets
+        its push address: its credentials were revoked. How many relations ended."""
+        ended = 0
+        gone = Message(code=Code.UNAUTHORIZED, payload=b"NOT_AUTHORIZED: credentials revoked")
+        observations = self.observers.of(ue)
+        for key in self.topic_observers.keys_of(ue):
+            observations.extend(self.topic_observers.of(key))
+        for observation in observations:
+            observation.trigger(gone)  # type: ignore[attr-defined]
+            ended += 1
+        self.pusher.forget(ue)
+        return ended
 
     def _unsubscribe_later(self, key: str) -> None:
         ue, topic = key.split(SEP, 1)

@@ -38,12 +38,6 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
         return
     store = RegistryStore(redis, Keys(settings.redis_prefix))
 
-    grpc_server = GrpcServer(["msgin5g.v1.RegistryService"])
-    grpc_server.add(
-        lambda s: rgrpc.add_RegistryServiceServicer_to_server(RegistryServicer(store, settings), s)
-    )
-    grpc_port = await grpc_server.start(settings.grpc_bind)
-
     # Bind the HTTP socket ourselves so that port 0 works and the real port can be reported.
     family = socket.AF_INET6 if ":" in settings.http_host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -52,8 +46,14 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
     http_port = sock.getsockname()[1]
     router_channel = channel(settings.router_addr)
     router: rgrpc_router.RouterServiceAsyncStub = rgrpc_router.RouterServiceStub(router_channel)
+    app = create_app(store, redis, router, settings)
+    # The device credentials (None without a KEK) also serve the coap-edge's GetDeviceKeys.
+    servicer = RegistryServicer(store, settings, app.state.credentials)
+    grpc_server = GrpcServer(["msgin5g.v1.RegistryService"])
+    grpc_server.add(lambda s: rgrpc.add_RegistryServiceServicer_to_server(servicer, s))
+    grpc_port = await grpc_server.start(settings.grpc_bind)
     config = uvicorn.Config(
-        create_app(store, redis, router, settings),
+        app,
         log_config=None,
         access_log=False,
         lifespan="off",

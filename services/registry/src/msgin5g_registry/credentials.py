@@ -4,8 +4,10 @@ What a UE gets from ``POST /api/v1/ues/{ueSvcId}/credentials`` (once; they are n
 again) and what is stored of it:
 
 - **DTLS PSK** (identity = ueSvcId). The key is a printable string of :data:`PSK_LENGTH`
-  characters from the 56-character :data:`PSK_ALPHABET` (no 0/O, 1/l/I, o): about 186 bits of
-  entropy; its UTF-8 bytes are the key, so ``coap-client -k`` takes it as is. A DTLS server
+  characters from the 56-character :data:`PSK_ALPHABET` (no 0/O, 1/l/I, o): about 93 bits of
+  entropy; its UTF-8 bytes are the key, so ``coap-client -k`` takes it as is. 16 bytes is the
+  longest key tinydtls (the coap-edge's DTLS) takes: its handshake copies the key into a
+  16-byte buffer. A DTLS server
   needs the raw key to run the handshake, so it cannot be hashed: it is **wrapped**, AES-256-GCM
   under the key-encryption key (KEK) of the settings, with the ueSvcId and purpose as
   associated data (a wrapped value moved to another UE does not decrypt).
@@ -71,7 +73,7 @@ log = logging.getLogger("msgin5g.registry.credentials")
 Clock = Callable[[], float]
 
 PSK_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnpqrstuvwxyz"
-PSK_LENGTH = 32
+PSK_LENGTH = 16  # tinydtls: DTLS_PSK_MAX_KEY_LEN
 MQTT_PASSWORD_BYTES = 24  # 32 url-safe base64 characters
 MQTT_SALT_BYTES = 12
 MQTT_ITERATIONS = 1000
@@ -173,6 +175,7 @@ class OscoreContext:
     generation: int
     material: OscoreMaterial
     current: bool  # False: the previous context, within its grace
+    valid_until_ms: int | None = None  # the end of the grace of a previous context
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,6 +346,7 @@ class CredentialStore:
         dropped, previous = _str(reply[2]), _str(reply[3])
         if dropped:
             await self.redis.delete(self.keys.oscore_kid(dropped))
+            await self.redis.hdel(self.keys.credentials(ue), f"seq:{dropped}")
         if previous:
             # The rotated-out context is found by its id only during its grace.
             await self.redis.pexpire(self.keys.oscore_kid(previous), max(grace_ms, 1))
@@ -438,6 +442,31 @@ class CredentialStore:
             values.append(previous)
         return values
 
+    async def device_psks(self, identity: str) -> tuple[int, list[tuple[bytes, int | None]]]:
+        """The generation and the PSKs accepted now for a DTLS PSK identity, each with the time
+        (ms) it stops being accepted (None: the current one); (0, []) when it has none. One
+        command. What the coap-edge asks for (RegistryService.GetDeviceKeys)."""
+        rows: Any = await self.redis.hmget(
+            self.keys.credentials(identity), ["psk", "prevPsk", "graceUntil", "gen"]
+        )
+        current, previous, grace_until, gen = rows
+        if current is None:
+            return 0, []
+        wrapped: list[tuple[bytes, int | None]] = [(current, None)]
+        until = _int(grace_until) or 0
+        if previous is not None and until > self._now_ms():
+            wrapped.append((previous, until))
+        keys = [(self._unwrap(identity, "psk", w), u) for w, u in wrapped]
+        return int(_str(gen)), [(k, u) for k, u in keys if k is not None]
+
+    async def reserve_oscore_sequence(self, context: OscoreContext, block: int) -> tuple[int, int]:
+        """Reserves ``block`` sender sequence numbers of the server in the context (RFC 8613
+        Appendix B.1.1): every edge replica, and every restart, protects its own messages with
+        numbers no one used before. One command; [start, end)."""
+        field = f"seq:{context.material.sender_id.hex()}"
+        end = int(await self.redis.hincrby(self.keys.credentials(context.ue_svc_id), field, block))
+        return end - block, end
+
     async def psk_keys(self, identity: str) -> list[bytes]:
         """The PSKs accepted now for a DTLS PSK identity (= ueSvcId): the current one, then the
         previous one while its grace lasts; empty when unknown or revoked."""
@@ -489,7 +518,11 @@ class CredentialStore:
             return None
         material = OscoreMaterial.from_json(json.loads(plain))
         return OscoreContext(
-            ue_svc_id=ue, generation=int(_str(gen)), material=material, current=current
+            ue_svc_id=ue,
+            generation=int(_str(gen)),
+            material=material,
+            current=current,
+            valid_until_ms=None if current else _int(grace_until),
         )
 
 

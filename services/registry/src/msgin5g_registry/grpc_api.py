@@ -13,6 +13,7 @@ from msgin5g.v1 import registry_pb2_grpc as rgrpc
 from msgin5g_common import convert
 from msgin5g_common.grpcutil import Context
 from msgin5g_common.header import valid_id
+from msgin5g_registry.credentials import CredentialStore
 from msgin5g_registry.settings import RegistrySettings
 from msgin5g_registry.store import RegistryStore, UeRecord
 
@@ -42,9 +43,15 @@ def ue_info(record: UeRecord) -> rpb.UeInfo:
 
 
 class RegistryServicer(rgrpc.RegistryServiceServicer):
-    def __init__(self, store: RegistryStore, settings: RegistrySettings) -> None:
+    def __init__(
+        self,
+        store: RegistryStore,
+        settings: RegistrySettings,
+        credentials: CredentialStore | None = None,
+    ) -> None:
         self.store = store
         self.settings = settings
+        self.credentials = credentials
 
     async def Register(  # noqa: N802 - gRPC method names are the proto's
         self, request: rpb.RegisterRequest, context: Context
@@ -105,3 +112,46 @@ class RegistryServicer(rgrpc.RegistryServiceServicer):
             "unsubscribed", extra={"ueSvcId": request.ue_svc_id, "topics": list(request.topics)}
         )
         return rpb.SubscribeResponse()
+
+    async def GetDeviceKeys(  # noqa: N802
+        self, request: rpb.GetDeviceKeysRequest, context: Context
+    ) -> rpb.DeviceKeys:
+        """A device's keys for the coap-edge: never logged, never cached here."""
+        if self.credentials is None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, "device credentials are not configured"
+            )
+        assert self.credentials is not None
+        which = request.WhichOneof("by")
+        if which == "psk_identity":
+            generation, psks = await self.credentials.device_psks(request.psk_identity)
+            if not psks:
+                await context.abort(grpc.StatusCode.NOT_FOUND, "no credentials")
+            return rpb.DeviceKeys(
+                ue_svc_id=request.psk_identity,
+                generation=generation,
+                psks=[rpb.DevicePsk(key=k, valid_until_ms=u or 0) for k, u in psks],
+            )
+        if which == "oscore_kid":
+            found = await self.credentials.oscore_context(request.oscore_kid)
+            if found is None:
+                await context.abort(grpc.StatusCode.NOT_FOUND, "no OSCORE context")
+            assert found is not None
+            block = max(1, min(request.oscore_sequence_block or 1, 1 << 20))
+            start, end = await self.credentials.reserve_oscore_sequence(found, block)
+            m = found.material
+            return rpb.DeviceKeys(
+                ue_svc_id=found.ue_svc_id,
+                generation=found.generation,
+                oscore=rpb.OscoreKey(
+                    master_secret=m.master_secret,
+                    master_salt=m.master_salt,
+                    device_id=m.sender_id,
+                    server_id=m.recipient_id,
+                    valid_until_ms=found.valid_until_ms or 0,
+                    sequence_start=start,
+                    sequence_end=end,
+                ),
+            )
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "psk_identity or oscore_kid")
+        raise AssertionError("unreachable")

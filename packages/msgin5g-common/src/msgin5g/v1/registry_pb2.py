@@ -26,29 +26,37 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from msgin5g.v1 import common_pb2 as msgin5g_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19msgin5g/v1/registry.proto\x12\nmsgin5g.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17msgin5g/v1/common.proto\"d\n\x10SubscribeRequest\x12\x11\n\tue_svc_id\x18\x01 \x01(\t\x12\x0e\n\x06topics\x18\x02 \x03(\t\x12-\n\texpr_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x13\n\x11SubscribeResponse\"\xc7\x01\n\x0fRegisterRequest\x12\x11\n\tue_svc_id\x18\x01 \x01(\t\x12\x10\n\x08lifetime\x18\x02 \x01(\r\x12\x19\n\x0cmax_seg_size\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x0f\n\x07\x62\x63_area\x18\x04 \x01(\t\x12/\n\rdelivery_mode\x18\x05 \x01(\x0e\x32\x18.msgin5g.v1.DeliveryMode\x12!\n\x04\x65\x64ge\x18\x06 \x01(\x0b\x32\x13.msgin5g.v1.EdgeRefB\x0f\n\r_max_seg_size\"g\n\x10RegisterResponse\x12\x11\n\tue_svc_id\x18\x01 \x01(\t\x12\x10\n\x08lifetime\x18\x02 \x01(\r\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"&\n\x11\x44\x65registerRequest\x12\x11\n\tue_svc_id\x18\x01 \x01(\t\",\n\x12\x44\x65registerResponse\x12\x16\n\x0ewas_registered\x18\x01 \x01(\x08\"!\n\x0cGetUeRequest\x12\x11\n\tue_svc_id\x18\x01 \x01(\t\"\xca\x02\n\x06UeInfo\x12\x11\n\tue_svc_id\x18\x01 \x01(\t\x12\r\n\x05known\x18\x02 \x01(\x08\x12\x12\n\nregistered\x18\x03 \x01(\x08\x12\'\n\ttransport\x18\x04 \x01(\x0e\x32\x14.msgin5g.v1.EdgeKind\x12\x10\n\x08lifetime\x18\x05 \x01(\r\x12\x31\n\rregistered_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x0cmax_seg_size\x18\x08 \x01(\rH\x00\x88\x01\x01\x12\x0f\n\x07\x62\x63_area\x18\t \x01(\t\x12/\n\rdelivery_mode\x18\n \x01(\x0e\x32\x18.msgin5g.v1.DeliveryModeB\x0f\n\r_max_seg_size2\xf2\x02\n\x0fRegistryService\x12\x45\n\x08Register\x12\x1b.msgin5g.v1.RegisterRequest\x1a\x1c.msgin5g.v1.RegisterResponse\x12K\n\nDeregister\x12\x1d.msgin5g.v1.DeregisterRequest\x1a\x1e.msgin5g.v1.DeregisterResponse\x12\x35\n\x05GetUe\x12\x18.msgin5g.v1.GetUeRequest\x1a\x12.msgin5g.v1.UeInfo\x12H\n\tSubscribe\x12\x1c.msgin5g.v1.SubscribeRequest\x1a\x1d.msgin5g.v1.SubscribeResponse\x12J\n\x0bUnsubscribe\x12\x1c.msgin5g.v1.SubscribeRequest\x1a\x1d.msgin5g.v1.SubscribeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19msgin5g/v1/registry.proto\x12\nmsgin5g.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17msgin5g/v1/common.proto\"i\n\x14GetDeviceKeysRequest\x12\x16\n\x0cpsk_identity\x18\x01 \x01(\tH\x00\x12\x14\n\noscore_kid\x18\x02 \x01(\x0cH\x00\x12\x1d\n\x15oscore_sequence_block\x18\x03 \x01(\rB\x04\n\x02\x62y\"0\n\tDevicePsk\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x16\n\x0evalid_until_ms\x18\x02 \x01(\x03\"\xa3\x01\n\tOscoreKey\x12\x15\n\rmaster_secret\x18\x01 \x01(\x0c\x12\x13\n\x0bmaster_salt\x18\x02 \x01(\x0c\x12\x11\n\tdevice_id\x18\x03 \x01(\x0c\x12\x11\n\tserver_id\x18\x04 \x01(\x0c\x12\x16\n\x0evalid_until_ms\x18\x05 \x01(\x03\x12\x16\n\x0esequence_start\x18\x06 \x01(\x04\x12\x14\n\x0csequence_end\x18\x07 \x01(\x04\"\x7f\n\nDeviceKeys\x12\x11\n\tue_svc_id\x18\x01 \x01(\t\x12\x12\n\ngeneration\x18\x02 \x01(\x03\x12#\n\x04psks\x18\x03 \x03(\x0b\x32\x15.msgin5g.v1.DevicePsk\x12%\n\x06oscore\x18\x04 \x01(\x0b\x32\x15.msgin5g.v1.OscoreKey\"d\n\x10SubscribeRequest\x12\x11\n\tue_svc_id\x18\x01 \x01(\t\x12\x0e\n\x06topics\x18\x02 \x03(\t\x12-\n\texpr_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x13\n\x11SubscribeResponse\"\xc7\x01\n\x0fRegisterRequest\x12\x11\n\tue_svc_id\x18\x01 \x01(\t\x12\x10\n\x08lifetime\x18\x02 \x01(\r\x12\x19\n\x0cmax_seg_size\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x0f\n\x07\x62\x63_area\x18\x04 \x01(\t\x12/\n\rdelivery_mode\x18\x05 \x01(\x0e\x32\x18.msgin5g.v1.DeliveryMode\x12!\n\x04\x65\x64ge\x18\x06 \x01(\x0b\x32\x13.msgin5g.v1.EdgeRefB\x0f\n\r_max_seg_size\"g\n\x10RegisterResponse\x12\x11\n\tue_svc_id\x18\x01 \x01(\t\x12\x10\n\x08lifetime\x18\x02 \x01(\r\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"&\n\x11\x44\x65registerRequest\x12\x11\n\tue_svc_id\x18\x01 \x01(\t\",\n\x12\x44\x65registerResponse\x12\x16\n\x0ewas_registered\x18\x01 \x01(\x08\"!\n\x0cGetUeRequest\x12\x11\n\tue_svc_id\x18\x01 \x01(\t\"\xca\x02\n\x06UeInfo\x12\x11\n\tue_svc_id\x18\x01 \x01(\t\x12\r\n\x05known\x18\x02 \x01(\x08\x12\x12\n\nregistered\x18\x03 \x01(\x08\x12\'\n\ttransport\x18\x04 \x01(\x0e\x32\x14.msgin5g.v1.EdgeKind\x12\x10\n\x08lifetime\x18\x05 \x01(\r\x12\x31\n\rregistered_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x0cmax_seg_size\x18\x08 \x01(\rH\x00\x88\x01\x01\x12\x0f\n\x07\x62\x63_area\x18\t \x01(\t\x12/\n\rdelivery_mode\x18\n \x01(\x0e\x32\x18.msgin5g.v1.DeliveryModeB\x0f\n\r_max_seg_size2\xbd\x03\n\x0fRegistryService\x12\x45\n\x08Register\x12\x1b.msgin5g.v1.RegisterRequest\x1a\x1c.msgin5g.v1.RegisterResponse\x12K\n\nDeregister\x12\x1d.msgin5g.v1.DeregisterRequest\x1a\x1e.msgin5g.v1.DeregisterResponse\x12\x35\n\x05GetUe\x12\x18.msgin5g.v1.GetUeRequest\x1a\x12.msgin5g.v1.UeInfo\x12H\n\tSubscribe\x12\x1c.msgin5g.v1.SubscribeRequest\x1a\x1d.msgin5g.v1.SubscribeResponse\x12J\n\x0bUnsubscribe\x12\x1c.msgin5g.v1.SubscribeRequest\x1a\x1d.msgin5g.v1.SubscribeResponse\x12I\n\rGetDeviceKeys\x12 .msgin5g.v1.GetDeviceKeysRequest\x1a\x16.msgin5g.v1.DeviceKeysb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'msgin5g.v1.registry_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=99
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=199
-  _globals['_SUBSCRIBERESPONSE']._serialized_start=201
-  _globals['_SUBSCRIBERESPONSE']._serialized_end=220
-  _globals['_REGISTERREQUEST']._serialized_start=223
-  _globals['_REGISTERREQUEST']._serialized_end=422
-  _globals['_REGISTERRESPONSE']._serialized_start=424
-  _globals['_REGISTERRESPONSE']._serialized_end=527
-  _globals['_DEREGISTERREQUEST']._serialized_start=529
-  _globals['_DEREGISTERREQUEST']._serialized_end=567
-  _globals['_DEREGISTERRESPONSE']._serialized_start=569
-  _globals['_DEREGISTERRESPONSE']._serialized_end=613
-  _globals['_GETUEREQUEST']._serialized_start=615
-  _globals['_GETUEREQUEST']._serialized_end=648
-  _globals['_UEINFO']._serialized_start=651
-  _globals['_UEINFO']._serialized_end=981
-  _globals['_REGISTRYSERVICE']._serialized_start=984
-  _globals['_REGISTRYSERVICE']._serialized_end=1354
+  _globals['_GETDEVICEKEYSREQUEST']._serialized_start=99
+  _globals['_GETDEVICEKEYSREQUEST']._serialized_end=204
+  _globals['_DEVICEPSK']._serialized_start=206
+  _globals['_DEVICEPSK']._serialized_end=254
+  _globals['_OSCOREKEY']._serialized_start=257
+  _globals['_OSCOREKEY']._serialized_end=420
+  _globals['_DEVICEKEYS']._serialized_start=422
+  _globals['_DEVICEKEYS']._serialized_end=549
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=551
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=651
+  _globals['_SUBSCRIBERESPONSE']._serialized_start=653
+  _globals['_SUBSCRIBERESPONSE']._serialized_end=672
+  _globals['_REGISTERREQUEST']._serialized_start=675
+  _globals['_REGISTERREQUEST']._serialized_end=874
+  _globals['_REGISTERRESPONSE']._serialized_start=876
+  _globals['_REGISTERRESPONSE']._serialized_end=979
+  _globals['_DEREGISTERREQUEST']._serialized_start=981
+  _globals['_DEREGISTERREQUEST']._serialized_end=1019
+  _globals['_DEREGISTERRESPONSE']._serialized_start=1021
+  _globals['_DEREGISTERRESPONSE']._serialized_end=1065
+  _globals['_GETUEREQUEST']._serialized_start=1067
+  _globals['_GETUEREQUEST']._serialized_end=1100
+  _globals['_UEINFO']._serialized_start=1103
+  _globals['_UEINFO']._serialized_end=1433
+  _globals['_REGISTRYSERVICE']._serialized_start=1436
+  _globals['_REGISTRYSERVICE']._serialized_end=1881
 # @@protoc_insertion_point(module_scope)

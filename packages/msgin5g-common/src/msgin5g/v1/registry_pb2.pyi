@@ -21,6 +21,131 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class GetDeviceKeysRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PSK_IDENTITY_FIELD_NUMBER: _builtins.int
+    OSCORE_KID_FIELD_NUMBER: _builtins.int
+    OSCORE_SEQUENCE_BLOCK_FIELD_NUMBER: _builtins.int
+    psk_identity: _builtins.str
+    oscore_kid: _builtins.bytes
+    oscore_sequence_block: _builtins.int
+    """OSCORE only: sender sequence numbers the edge may use for its own messages (Observe
+    notifications) are reserved in blocks of this size (RFC 8613 Appendix B.1.1).
+    """
+    def __init__(
+        self,
+        *,
+        psk_identity: _builtins.str = ...,
+        oscore_kid: _builtins.bytes = ...,
+        oscore_sequence_block: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["by", b"by", "oscore_kid", b"oscore_kid", "psk_identity", b"psk_identity"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by", b"by", "oscore_kid", b"oscore_kid", "oscore_sequence_block", b"oscore_sequence_block", "psk_identity", b"psk_identity"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_by: _TypeAlias = _typing.Literal["psk_identity", "oscore_kid"]  # noqa: Y015
+    _WhichOneofArgType_by: _TypeAlias = _typing.Literal["by", b"by"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_by) -> _WhichOneofReturnType_by | None: ...
+
+Global___GetDeviceKeysRequest: _TypeAlias = GetDeviceKeysRequest  # noqa: Y015
+
+@_typing.final
+class DevicePsk(_message.Message):
+    """A key the device may use, and until when (0: until the next rotation or revocation)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    VALID_UNTIL_MS_FIELD_NUMBER: _builtins.int
+    key: _builtins.bytes
+    valid_until_ms: _builtins.int
+    def __init__(
+        self,
+        *,
+        key: _builtins.bytes = ...,
+        valid_until_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "valid_until_ms", b"valid_until_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DevicePsk: _TypeAlias = DevicePsk  # noqa: Y015
+
+@_typing.final
+class OscoreKey(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MASTER_SECRET_FIELD_NUMBER: _builtins.int
+    MASTER_SALT_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    SERVER_ID_FIELD_NUMBER: _builtins.int
+    VALID_UNTIL_MS_FIELD_NUMBER: _builtins.int
+    SEQUENCE_START_FIELD_NUMBER: _builtins.int
+    SEQUENCE_END_FIELD_NUMBER: _builtins.int
+    master_secret: _builtins.bytes
+    master_salt: _builtins.bytes
+    device_id: _builtins.bytes
+    """The device's sender id (the kid of its requests) and the server's."""
+    server_id: _builtins.bytes
+    valid_until_ms: _builtins.int
+    sequence_start: _builtins.int
+    """The server's sender sequence numbers [sequence_start, sequence_end) are this caller's."""
+    sequence_end: _builtins.int
+    def __init__(
+        self,
+        *,
+        master_secret: _builtins.bytes = ...,
+        master_salt: _builtins.bytes = ...,
+        device_id: _builtins.bytes = ...,
+        server_id: _builtins.bytes = ...,
+        valid_until_ms: _builtins.int = ...,
+        sequence_start: _builtins.int = ...,
+        sequence_end: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "master_salt", b"master_salt", "master_secret", b"master_secret", "sequence_end", b"sequence_end", "sequence_start", b"sequence_start", "server_id", b"server_id", "valid_until_ms", b"valid_until_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OscoreKey: _TypeAlias = OscoreKey  # noqa: Y015
+
+@_typing.final
+class DeviceKeys(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UE_SVC_ID_FIELD_NUMBER: _builtins.int
+    GENERATION_FIELD_NUMBER: _builtins.int
+    PSKS_FIELD_NUMBER: _builtins.int
+    OSCORE_FIELD_NUMBER: _builtins.int
+    ue_svc_id: _builtins.str
+    generation: _builtins.int
+    @_builtins.property
+    def psks(self) -> _containers.RepeatedCompositeFieldContainer[Global___DevicePsk]:
+        """The current PSK first, then the previous one while its rotation grace lasts."""
+
+    @_builtins.property
+    def oscore(self) -> Global___OscoreKey: ...
+    def __init__(
+        self,
+        *,
+        ue_svc_id: _builtins.str = ...,
+        generation: _builtins.int = ...,
+        psks: _abc.Iterable[Global___DevicePsk] | None = ...,
+        oscore: Global___OscoreKey | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["oscore", b"oscore"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation", "oscore", b"oscore", "psks", b"psks", "ue_svc_id", b"ue_svc_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeviceKeys: _TypeAlias = DeviceKeys  # noqa: Y015
+
+@_typing.final
 class SubscribeRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -59,6 +59,11 @@ class RegistryServiceStub:
                 request_serializer=msgin5g_dot_v1_dot_registry__pb2.SubscribeRequest.SerializeToString,
                 response_deserializer=msgin5g_dot_v1_dot_registry__pb2.SubscribeResponse.FromString,
                 _registered_method=True)
+        self.GetDeviceKeys = channel.unary_unary(
+                '/msgin5g.v1.RegistryService/GetDeviceKeys',
+                request_serializer=msgin5g_dot_v1_dot_registry__pb2.GetDeviceKeysRequest.SerializeToString,
+                response_deserializer=msgin5g_dot_v1_dot_registry__pb2.DeviceKeys.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -97,6 +102,15 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDeviceKeys(self, request, context):
+        """A device's DTLS PSKs, by PSK identity (= ueSvcId), or its OSCORE context, by the kid of
+        its requests: for the coap-edge to authenticate it. NOT_FOUND when it has none;
+        FAILED_PRECONDITION when device credentials are not configured (no KEK).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -124,6 +138,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.Unsubscribe,
                     request_deserializer=msgin5g_dot_v1_dot_registry__pb2.SubscribeRequest.FromString,
                     response_serializer=msgin5g_dot_v1_dot_registry__pb2.SubscribeResponse.SerializeToString,
+            ),
+            'GetDeviceKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDeviceKeys,
+                    request_deserializer=msgin5g_dot_v1_dot_registry__pb2.GetDeviceKeysRequest.FromString,
+                    response_serializer=msgin5g_dot_v1_dot_registry__pb2.DeviceKeys.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -261,6 +280,33 @@ class RegistryService:
             '/msgin5g.v1.RegistryService/Unsubscribe',
             msgin5g_dot_v1_dot_registry__pb2.SubscribeRequest.SerializeToString,
             msgin5g_dot_v1_dot_registry__pb2.SubscribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDeviceKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/msgin5g.v1.RegistryService/GetDeviceKeys',
+            msgin5g_dot_v1_dot_registry__pb2.GetDeviceKeysRequest.SerializeToString,
+            msgin5g_dot_v1_dot_registry__pb2.DeviceKeys.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,11 @@ class RegistryServiceStub:
     Subscribe: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SubscribeRequest, _registry_pb2.SubscribeResponse]
     """Messaging topics (TS 23.554 8.8): a UE subscribes until exprTime (or until it unsubscribes)."""
     Unsubscribe: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SubscribeRequest, _registry_pb2.SubscribeResponse]
+    GetDeviceKeys: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetDeviceKeysRequest, _registry_pb2.DeviceKeys]
+    """A device's DTLS PSKs, by PSK identity (= ueSvcId), or its OSCORE context, by the kid of
+    its requests: for the coap-edge to authenticate it. NOT_FOUND when it has none;
+    FAILED_PRECONDITION when device credentials are not configured (no KEK).
+    """
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -51,6 +56,11 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     Subscribe: _aio.UnaryUnaryMultiCallable[_registry_pb2.SubscribeRequest, _registry_pb2.SubscribeResponse]  # type: ignore[assignment]
     """Messaging topics (TS 23.554 8.8): a UE subscribes until exprTime (or until it unsubscribes)."""
     Unsubscribe: _aio.UnaryUnaryMultiCallable[_registry_pb2.SubscribeRequest, _registry_pb2.SubscribeResponse]  # type: ignore[assignment]
+    GetDeviceKeys: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetDeviceKeysRequest, _registry_pb2.DeviceKeys]  # type: ignore[assignment]
+    """A device's DTLS PSKs, by PSK identity (= ueSvcId), or its OSCORE context, by the kid of
+    its requests: for the coap-edge to authenticate it. NOT_FOUND when it has none;
+    FAILED_PRECONDITION when device credentials are not configured (no KEK).
+    """
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -90,5 +100,16 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.SubscribeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.SubscribeResponse, _abc.Awaitable[_registry_pb2.SubscribeResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetDeviceKeys(
+        self,
+        request: _registry_pb2.GetDeviceKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.DeviceKeys, _abc.Awaitable[_registry_pb2.DeviceKeys]]:
+        """A device's DTLS PSKs, by PSK identity (= ueSvcId), or its OSCORE context, by the kid of
+        its requests: for the coap-edge to authenticate it. NOT_FOUND when it has none;
+        FAILED_PRECONDITION when device credentials are not configured (no KEK).
+        """
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
