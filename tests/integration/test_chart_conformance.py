@@ -22,6 +22,10 @@ ConfigMap and Secret key references resolved from the rendered objects, the down
   temporary directory holding the files the kubelet would project from the rendered object,
   and a setting that names a file under its mountPath names the same file there.
 
+The bundled broker's pod also runs msgin5g-credsync (an init container and a sidecar): here
+only their settings are checked against the ones it reads; tests/integration/test_credsync.py
+runs that pod with its rendered commands, files and environments.
+
 The processes inherit the runner's environment apart from its ``MSGIN5G_*`` variables (as a
 container inherits its image's: PATH, the virtualenv), so the ``MSGIN5G_*`` settings a service
 sees are exactly the chart's.
@@ -49,6 +53,7 @@ from redis.asyncio import Redis
 from redis.exceptions import AuthenticationError, ResponseError
 
 from msgin5g_devstack.stack import Ports, Stack, StackConfig, StackError, free_port
+from msgin5g_registry.credsync import CredsyncSettings
 from tests.unit.test_chart import PENDING_SETTINGS, SERVICES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -154,9 +159,16 @@ def expand(value: str, env: dict[str, str]) -> str:
     return "".join(out) + value[checkpoint:]
 
 
-def container_env(r: Rendered, workload: dict[str, Any]) -> dict[str, str]:
-    """The environment of the workload's (one) container, as the kubelet builds it."""
-    (container,) = workload["spec"]["template"]["spec"]["containers"]
+def container_env(r: Rendered, workload: dict[str, Any], name: str = "") -> dict[str, str]:
+    """The environment of the workload's (one) container, or of its (init) container
+    ``name``, as the kubelet builds it."""
+    spec = workload["spec"]["template"]["spec"]
+    if name:
+        (container,) = [
+            c for c in spec["containers"] + spec.get("initContainers", []) if c["name"] == name
+        ]
+    else:
+        (container,) = spec["containers"]
     downward = {
         "metadata.name": pod_name(workload),
         "metadata.namespace": NAMESPACE,
@@ -258,8 +270,12 @@ class Loopback:
         named: dict[str, dict[str, int]] = {}
         for workload in r.of_kind("Deployment", "StatefulSet"):
             component = workload["spec"]["template"]["metadata"]["labels"][COMPONENT]
-            (container,) = workload["spec"]["template"]["spec"]["containers"]
-            ports = container.get("ports", [])
+            # The broker's pod also runs msgin5g-credsync, which listens on nothing.
+            ports = [
+                p
+                for c in workload["spec"]["template"]["spec"]["containers"]
+                for p in c.get("ports", [])
+            ]
             named[component] = {p["name"]: p["containerPort"] for p in ports if "name" in p}
             local: dict[int, int] = {}
             for p in ports:
@@ -357,6 +373,18 @@ def test_every_setting_the_deployment_sets_is_one_the_service_reads(
     assert others <= {"POD_IP"}, others
 
 
+@pytest.mark.parametrize("name", ["credsync-init", "credsync"])
+def test_every_setting_credsync_gets_is_one_it_reads(rendered: Rendered, name: str) -> None:
+    """The broker pod's msgin5g-credsync containers (tests/integration/test_credsync.py runs
+    them)."""
+    env = container_env(rendered, rendered.workload("mosquitto"), name)
+    reads = {f"MSGIN5G_{field.upper()}" for field in CredsyncSettings.model_fields}
+    given = {key for key in env if key.startswith("MSGIN5G_")}
+    assert {"MSGIN5G_REDIS_URL", "MSGIN5G_CREDSYNC_PASSWORD_FILE"} <= given
+    assert given - reads - PENDING_SETTINGS == set(), f"{name} ignores these"
+    assert set(env) == given
+
+
 class ChartStack(Stack):
     """The devstack's process handling (logs, readiness, stopping), with each service's
     environment taken from the chart instead of the devstack's."""
@@ -414,6 +442,9 @@ def _expected_listen(component: str, env: dict[str, str]) -> dict[str, str]:
         listen["http"] = f"http://{env['MSGIN5G_HTTP_HOST']}:{env['MSGIN5G_HTTP_PORT']}"
     if component == "coap-edge":
         listen["coap"] = f"udp://{env['MSGIN5G_COAP_HOST']}:{env['MSGIN5G_COAP_PORT']}"
+        if env.get("MSGIN5G_COAP_DTLS", "true").lower() not in ("false", "0", "no", "off"):
+            host = env.get("MSGIN5G_COAP_DTLS_HOST") or env["MSGIN5G_COAP_HOST"]
+            listen["coaps"] = f"udp://{host}:{env.get('MSGIN5G_COAP_DTLS_PORT', '5684')}"
     if component == "mqtt-edge":
         listen["mqtt"] = f"mqtt://{env['MSGIN5G_MQTT_HOST']}:{env['MSGIN5G_MQTT_PORT']}"
     return listen
@@ -474,3 +505,13 @@ async def test_each_service_becomes_ready_with_the_environment_its_deployment_gi
             url, headers={"Authorization": f"Bearer {registry['MSGIN5G_ADMIN_TOKEN']}"}
         )
         assert admin.status_code == 200, admin.text
+
+    # Device credentials are on by default: the registry wraps them with the KEK the chart
+    # generated (MSGIN5G_CREDENTIALS_KEK_FILE names the file of the mounted Secret).
+    credentials = f"http://{LOCAL}:{registry['MSGIN5G_HTTP_PORT']}/api/v1/ues/ue-conf/credentials"
+    async with httpx.AsyncClient(timeout=10) as http:
+        issued = await http.post(
+            credentials, headers={"Authorization": f"Bearer {registry['MSGIN5G_ADMIN_TOKEN']}"}
+        )
+        assert issued.status_code == 201, issued.text
+        assert {"psk", "mqttPassword", "oscore"} <= set(issued.json())

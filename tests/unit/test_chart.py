@@ -38,6 +38,8 @@ from pydantic_settings import BaseSettings
 from msgin5g_coap_edge.settings import CoapEdgeSettings
 from msgin5g_mqtt_edge.settings import MqttEdgeSettings
 from msgin5g_registry.auth import load_signing_keys, parse_clients
+from msgin5g_registry.credentials import KEK_BYTES, load_kek
+from msgin5g_registry.credsync import CredsyncSettings
 from msgin5g_registry.settings import RegistrySettings
 from msgin5g_router.settings import RouterSettings
 
@@ -72,6 +74,7 @@ UNSET_BY_DEFAULT = {
     "MSGIN5G_AUTH_CLIENTS",
     "MSGIN5G_AUTH_SIGNING_KEY",
     "MSGIN5G_AS_TLS_CA_FILE",
+    "MSGIN5G_CREDENTIALS_KEK",
 }
 
 _COMMON = {
@@ -102,6 +105,8 @@ CONTRACT: dict[str, set[str]] = {
         "MSGIN5G_MIN_LIFETIME",
         "MSGIN5G_MAX_LIFETIME",
         "MSGIN5G_AUTH_ENABLED",
+        "MSGIN5G_HTTP_MAX_BODY",
+        "MSGIN5G_MAX_PAYLOAD",
     },
     "router": _COMMON
     | {
@@ -123,6 +128,13 @@ CONTRACT: dict[str, set[str]] = {
         "MSGIN5G_COAP_PORT",
         "MSGIN5G_COAP_NOTIFICATION_BYTES",
         "MSGIN5G_LEASE_RENEW_INTERVAL",
+        # Device security: said explicitly, so that a change of the services' defaults never
+        # opens plain CoAP or closes OSCORE/DTLS in a cluster.
+        "MSGIN5G_COAP_INSECURE",
+        "MSGIN5G_COAP_OSCORE",
+        "MSGIN5G_COAP_DTLS",
+        "MSGIN5G_COAP_DTLS_PORT",
+        "MSGIN5G_COAP_DTLS_HOST",
     },
     "mqtt-edge": _EDGE
     | {
@@ -135,6 +147,8 @@ CONTRACT: dict[str, set[str]] = {
         "MSGIN5G_MQTT_SESSION_EXPIRY",
         "MSGIN5G_MQTT_KEEPALIVE",
         "MSGIN5G_MQTT_WORKERS",
+        "MSGIN5G_MQTT_UE_BACKLOG",
+        "MSGIN5G_MQTT_BACKLOG_BYTES",
     },
 }
 
@@ -395,6 +409,14 @@ def _client(**fields: Any) -> dict[str, Any]:
         ({"registry": {"auth": {"clients": [_client(scopes=["msgin5g-admin"])]}}}, "asSvcIds"),
         ({"registry": {"auth": {"clients": [{"clientId": "as-1"}]}}}, "clientSecret"),
         ({"router": {"asTimeout": 0}}, "/router/asTimeout"),
+        ({"registry": {"credentials": {"grace": -1}}}, "/registry/credentials/grace"),
+        ({"registry": {"credentials": {"kek": "x"}}}, "kek"),
+        ({"mosquitto": {"auth": {"source": "ldap"}}}, "/mosquitto/auth/source"),
+        ({"coapEdge": {"security": {"dtlsPort": 70000}}}, "/coapEdge/security/dtlsPort"),
+        ({"coapEdge": {"security": {"insecure": "no"}}}, "/coapEdge/security/insecure"),
+        ({"coapEdge": {"service": {"dtlsNodePort": 80}}}, "/coapEdge/service/dtlsNodePort"),
+        ({"config": {"mqttEdge": {"backlogBytes": 1000}}}, "/config/mqttEdge/backlogBytes"),
+        ({"mosquitto": {"credsync": {"interval": 0}}}, "/mosquitto/credsync/interval"),
     ],
 )
 def test_helm_rejects_values_the_schema_does_not_allow(
@@ -430,6 +452,15 @@ def test_helm_rejects_values_the_schema_does_not_allow(
             {"registry": {"auth": {"clients": [_client(), _client(asSvcIds=["as-2"])]}}},
             'clientId "as-1" appears more than once',
         ),
+        (
+            {"registry": {"credentials": {"enabled": False}}},
+            "mosquitto.auth.source=registry needs registry.credentials.enabled=true",
+        ),
+        (
+            {"coapEdge": {"security": {"oscore": False, "dtlsPort": 0}}},
+            "no device can use CoAP",
+        ),
+        ({"coapEdge": {"security": {"dtlsPort": 5683}}}, "must differ"),
     ],
 )
 def test_inconsistent_values_fail_with_a_message_that_says_what_to_set(
@@ -499,6 +530,7 @@ def test_probes_use_http_on_the_registry_and_grpc_health_elsewhere(
             assert c[probe]["grpc"] == {"port": grpc_port}, (component, probe)
     coap = container(r.get("Deployment", name_of("coap-edge")))
     assert {"name": "coap", "containerPort": 5683, "protocol": "UDP"} in coap["ports"]
+    assert {"name": "coaps", "containerPort": 5684, "protocol": "UDP"} in coap["ports"]
 
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)
@@ -551,6 +583,14 @@ def test_services_accept_the_settings_the_chart_gives_them(
         assert edge.registry_addr == f"{RELEASE}-registry:50051"
     assert coap.coap_host == expected_any
     assert coap.coap_port == 5683
+    # DTLS binds the pod IP (tinydtls cannot bind the any-address).
+    assert coap.coap_dtls_host == POD_IP
+    coap_values = VALUE_SETS[value_set].get("coapEdge", {}).get("security", {})
+    assert coap.coap_dtls_port == coap_values.get("dtlsPort", 5684)
+    assert coap.coap_dtls is (coap.coap_dtls_port != 0)
+    assert coap.coap_insecure is coap_values.get("insecure", False)
+    assert coap.coap_oscore is coap_values.get("oscore", True)
+    assert registry.max_payload == coap.max_payload == mqtt.max_payload == router.max_payload
     auth_on = VALUE_SETS[value_set].get("registry", {}).get("auth", {}).get("enabled", True)
     assert registry.auth_enabled is auth_on
     if auth_on:
@@ -625,6 +665,14 @@ def test_existing_secrets_are_used_and_never_generated(rendered: dict[str, Rende
     broker = pod_spec(r.get("Deployment", name_of("mosquitto")))
     devices = next(v for v in broker["volumes"] if v["name"] == "devices")
     assert devices["secret"]["secretName"] == "mqtt-devices"
+    # The registry's KEK: the given Secret and key, mounted as the file the registry reads.
+    assert KEK_SECRET not in secret_names
+    registry = r.get("Deployment", name_of("registry"))
+    assert _volumes(registry)["credentials-kek"]["secret"] == {
+        "secretName": "registry-kek",
+        "items": [{"key": "key", "path": "kek"}],
+    }
+    assert "checksum/kek" not in registry["spec"]["template"]["metadata"]["annotations"]
 
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)
@@ -657,6 +705,8 @@ def test_a_setting_change_changes_the_config_checksum_of_the_services_that_read_
 
 
 AUTH_SECRET = f"{RELEASE}-registry-auth"
+KEK_SECRET = f"{RELEASE}-registry-kek"
+KEK_DIR = "/etc/msgin5g/credentials"
 
 
 def _volumes(workload: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -872,6 +922,290 @@ def test_the_router_times_out_as_callbacks_and_trusts_the_given_ca(
         assert any(rule.get("ports") == callbacks for rule in rules) is (component == "router")
 
 
+# ----------------------------------------------------------------------------- device security
+
+
+def test_the_registry_gets_a_generated_kek_that_outlives_the_release(
+    chart: helm_python.Chart, rendered: dict[str, Rendered], tmp_path: Path
+) -> None:
+    r = rendered["default"]
+    secrets = chart_secrets(r)
+    secret = r.get("Secret", KEK_SECRET)
+    # Losing it makes every device's credentials useless: `helm uninstall` leaves it, and a
+    # reinstall reads it back (lookup), as upgrades do.
+    assert secret["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    assert set(secret["data"]) == {"kek"}
+    kek = secrets[f"{KEK_SECRET}/kek"]
+    assert len(base64.b64decode(kek, validate=True)) == KEK_BYTES
+    registry = r.get("Deployment", name_of("registry"))
+    env = effective_env(r, "registry", secrets)
+    assert env["MSGIN5G_CREDENTIALS_KEK_FILE"] == f"{KEK_DIR}/kek"
+    assert env["MSGIN5G_CREDENTIALS_GRACE"] == "3600"
+    assert "MSGIN5G_CREDENTIALS_KEK" not in env
+    assert _volumes(registry)["credentials-kek"]["secret"] == {
+        "secretName": KEK_SECRET,
+        "items": [{"key": "kek", "path": "kek"}],
+    }
+    assert _mounts(registry)["credentials-kek"] == {
+        "name": "credentials-kek",
+        "mountPath": KEK_DIR,
+        "readOnly": True,
+    }
+    # The registry loads the file the kubelet projects.
+    (tmp_path / "kek").write_text(kek)
+    assert load_kek(RegistrySettings(credentials_kek_file=str(tmp_path / "kek"))) == (
+        base64.b64decode(kek)
+    )
+    # A KEK put into the Secret by hand rolls the registry at the next upgrade.
+    annotations = registry["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["checksum/kek"] == hashlib.sha256(kek.encode()).hexdigest()
+    assert "checksum/auth" in annotations
+    # Nothing else gets it: the edges and credsync read keys through the registry or hashes.
+    for workload in r.workloads():
+        if workload["metadata"]["name"] != name_of("registry"):
+            assert "credentials-kek" not in _volumes(workload)
+    assert kek not in json.dumps(r.get("ConfigMap", name_of("registry")))
+    # Each render without a cluster generates afresh (in a cluster, lookup reads it back).
+    again = chart_secrets(render(chart, VALUE_SETS["default"]))
+    assert again[f"{KEK_SECRET}/kek"] != kek
+    grace = effective_env(rendered["all-features"], "registry")["MSGIN5G_CREDENTIALS_GRACE"]
+    assert grace == "7200"
+
+
+def test_without_device_credentials_the_registry_gets_no_kek(
+    rendered: dict[str, Rendered],
+) -> None:
+    r = rendered["auth-disabled"]
+    registry = r.get("Deployment", name_of("registry"))
+    env = effective_env(r, "registry")
+    assert not {k for k in env if k.startswith("MSGIN5G_CREDENTIALS_")}
+    assert "credentials-kek" not in _volumes(registry)
+    assert "credentials-kek" not in _mounts(registry)
+    assert KEK_SECRET not in {s["metadata"]["name"] for s in r.of_kind("Secret")}
+    assert "registry.credentials.enabled=false" in r.notes
+
+
+def test_coap_edge_serves_oscore_and_dtls_with_the_given_limits(
+    rendered: dict[str, Rendered],
+) -> None:
+    default = effective_env(rendered["default"], "coap-edge")
+    assert {k: v for k, v in default.items() if k.startswith("MSGIN5G_COAP_")} == {
+        "MSGIN5G_COAP_HOST": "0.0.0.0",
+        "MSGIN5G_COAP_PORT": "5683",
+        "MSGIN5G_COAP_NOTIFICATION_BYTES": "1024",
+        "MSGIN5G_COAP_INSECURE": "false",
+        "MSGIN5G_COAP_OSCORE": "true",
+        "MSGIN5G_COAP_DTLS": "true",
+        "MSGIN5G_COAP_DTLS_PORT": "5684",
+        "MSGIN5G_COAP_DTLS_HOST": POD_IP,
+        "MSGIN5G_COAP_DTLS_MAX_SESSIONS": "100000",
+        "MSGIN5G_COAP_DTLS_IDLE_TIMEOUT": "600",
+        "MSGIN5G_COAP_KEYS_TTL": "30",
+    }
+    deployment = rendered["default"].get("Deployment", name_of("coap-edge"))
+    dtls_host = _env_entry(deployment, "MSGIN5G_COAP_DTLS_HOST")
+    assert dtls_host == {
+        "name": "MSGIN5G_COAP_DTLS_HOST",
+        "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}},
+    }
+    service = rendered["default"].get("Service", name_of("coap-edge"))["spec"]["ports"]
+    assert [(p["name"], p["port"], p["protocol"]) for p in service] == [
+        ("coap", 5683, "UDP"),
+        ("coaps", 5684, "UDP"),
+    ]
+    tuned = effective_env(rendered["all-features"], "coap-edge")
+    assert tuned["MSGIN5G_COAP_DTLS_MAX_SESSIONS"] == "50000"
+    assert tuned["MSGIN5G_COAP_DTLS_IDLE_TIMEOUT"] == "300"
+    assert tuned["MSGIN5G_COAP_KEYS_TTL"] == "15"
+
+    # The lab: plain CoAP only, DTLS off: no coaps port anywhere, and the notes warn.
+    lab = rendered["auth-disabled"]
+    env = effective_env(lab, "coap-edge")
+    assert (env["MSGIN5G_COAP_INSECURE"], env["MSGIN5G_COAP_OSCORE"]) == ("true", "false")
+    assert (env["MSGIN5G_COAP_DTLS"], env["MSGIN5G_COAP_DTLS_PORT"]) == ("false", "0")
+    ports = container(lab.get("Deployment", name_of("coap-edge")))["ports"]
+    assert "coaps" not in {p["name"] for p in ports}
+    assert [p["name"] for p in lab.get("Service", name_of("coap-edge"))["spec"]["ports"]] == [
+        "coap"
+    ]
+    assert ("coaps", "UDP") not in _rules(_policy(lab, "coap-edge"))
+    assert "WARNING: coapEdge.security.insecure=true" in lab.notes
+    assert "coapEdge.security.insecure" not in rendered["default"].notes
+
+
+def test_the_services_settings_cover_the_registry_and_mqtt_edge_limits(
+    rendered: dict[str, Rendered],
+) -> None:
+    for value_set, body, backlog, backlog_bytes in (
+        ("default", "65536", "256", "67108864"),
+        ("all-features", "131072", "128", "33554432"),
+    ):
+        registry = effective_env(rendered[value_set], "registry")
+        assert registry["MSGIN5G_HTTP_MAX_BODY"] == body
+        assert registry["MSGIN5G_MAX_PAYLOAD"] == "2048"
+        mqtt = effective_env(rendered[value_set], "mqtt-edge")
+        assert mqtt["MSGIN5G_MQTT_UE_BACKLOG"] == backlog
+        assert mqtt["MSGIN5G_MQTT_BACKLOG_BYTES"] == backlog_bytes
+
+
+CREDSYNC_IMAGE = "msgin5g-registry:"
+
+
+def _containers(workload: dict[str, Any], kind: str = "containers") -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in pod_spec(workload).get(kind, [])}
+
+
+def _plain_env(c: dict[str, Any], secrets: dict[str, str] | None = None) -> dict[str, str]:
+    """A container's environment (values and resolved Secret references)."""
+    secrets = secrets or {}
+    env: dict[str, str] = {}
+    for entry in c.get("env", []):
+        if "value" in entry:
+            env[entry["name"]] = _expand(entry["value"], env)
+        else:
+            ref = entry["valueFrom"]["secretKeyRef"]
+            key = f"{ref['name']}/{ref['key']}"
+            env[entry["name"]] = secrets.get(key, f"<secret:{key}>")
+    return env
+
+
+def _conf_values(conf: str, option: str) -> list[str]:
+    return [line.split(None, 1)[1] for line in conf.splitlines() if line.startswith(f"{option} ")]
+
+
+@pytest.mark.parametrize("value_set", ["default", "all-features", "hardened"])
+def test_the_broker_takes_device_passwords_from_the_registry(
+    rendered: dict[str, Rendered], value_set: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An init container writes the password file before Mosquitto starts; a sidecar keeps it
+    in step and sends Mosquitto SIGHUP (the pid from its pid_file, in a shared process
+    namespace). Both run the registry's image as Mosquitto's user."""
+    r = rendered[value_set]
+    secrets = chart_secrets(r)
+    broker = r.get("Deployment", name_of("mosquitto"))
+    spec = pod_spec(broker)
+    conf = r.get("ConfigMap", name_of("mosquitto"))["data"]["mosquitto.conf"]
+    assert spec["shareProcessNamespace"] is True
+    inits, containers = _containers(broker, "initContainers"), _containers(broker)
+    assert list(inits) == ["passwords", "credsync-init"]
+    assert list(containers) == ["mosquitto", "credsync"]
+    mosquitto = containers["mosquitto"]
+    uid = mosquitto["securityContext"]["runAsUser"]
+    (pid_file,) = _conf_values(conf, "pid_file")
+    device_files = set(_conf_values(conf, "password_file")) - {"/mosquitto/auth/edge.passwd"}
+    assert device_files == {"/mosquitto/devices/devices.passwd"}
+
+    registry_image = container(r.get("Deployment", name_of("registry")))["image"]
+    for c, once in ((inits["credsync-init"], True), (containers["credsync"], False)):
+        assert c["image"] == registry_image
+        assert c["image"].startswith(CREDSYNC_IMAGE)
+        assert c["command"] == ["msgin5g-credsync"]
+        assert c.get("args", []) == (["--once"] if once else [])
+        # Mosquitto's user: the 0600 file is the broker's, the signal needs no capability.
+        assert c["securityContext"]["runAsUser"] == uid
+        assert c["resources"] == r.values.get("mosquitto", {}).get("credsync", {}).get(
+            "resources",
+            yaml.safe_load((CHART / "values.yaml").read_text())["mosquitto"]["credsync"][
+                "resources"
+            ],
+        )
+        mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+        assert mounts["/mosquitto/devices"].get("readOnly", False) is False
+        env = _plain_env(c, secrets)
+        # The registry's Redis settings.
+        registry_env = effective_env(r, "registry", secrets)
+        for key in ("MSGIN5G_REDIS_URL", "MSGIN5G_REDIS_PREFIX", "MSGIN5G_REDIS_CLUSTER"):
+            assert env[key] == registry_env[key], key
+        assert env["MSGIN5G_CREDSYNC_PASSWORD_FILE"] in device_files
+        # The mqtt-edge has its own listener and password file: no service users needed.
+        assert "MSGIN5G_CREDSYNC_SERVICE_USERS" not in env
+        given = {k for k in env if k.startswith("MSGIN5G_")}
+        reads = {f"MSGIN5G_{name.upper()}" for name in CredsyncSettings.model_fields}
+        assert given - reads - PENDING_SETTINGS == set()
+        for key in list(os.environ):
+            if key.startswith("MSGIN5G_"):
+                monkeypatch.delenv(key)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        settings = CredsyncSettings()
+        if once:
+            assert settings.credsync_once_timeout > 0
+            assert "/mosquitto/run" not in mounts
+        else:
+            assert settings.credsync_mosquitto_pid_file == pid_file
+            assert mounts["/mosquitto/run"]["readOnly"] is True
+            assert settings.credsync_health_file.startswith("/tmp/")
+            assert "/tmp" in mounts
+            for probe in ("startupProbe", "livenessProbe"):
+                assert settings.credsync_health_file in json.dumps(c[probe]["exec"]), probe
+    broker_mounts = {m["mountPath"]: m for m in mosquitto["volumeMounts"]}
+    assert broker_mounts["/mosquitto/devices"]["readOnly"] is True
+    assert pid_file.startswith("/mosquitto/run/")
+    assert broker_mounts["/mosquitto/run"].get("readOnly", False) is False
+    volumes = _volumes(broker)
+    assert volumes["device-passwords"]["emptyDir"]["medium"] == "Memory"
+    assert "emptyDir" in volumes["run"]
+
+    # Static accounts given next to the registry's: hashed by the first init container into
+    # the file credsync merges in.
+    static = value_set != "default"
+    assert ("devices" in volumes) is static
+    credsync_env = _plain_env(containers["credsync"])
+    if static:
+        script = inits["passwords"]["args"][0]
+        static_file = credsync_env["MSGIN5G_CREDSYNC_SERVICE_USERS_FILE"]
+        assert f"cp /mosquitto/secret/devices.passwd {static_file}" in script
+        assert static_file.startswith("/mosquitto/devices/")
+    else:
+        assert "MSGIN5G_CREDSYNC_SERVICE_USERS_FILE" not in credsync_env
+        assert name_of("mosquitto") not in {s["metadata"]["name"] for s in r.of_kind("Secret")}
+
+
+def test_static_device_passwords_need_no_credsync(rendered: dict[str, Rendered]) -> None:
+    r = rendered["auth-disabled"]
+    broker = r.get("Deployment", name_of("mosquitto"))
+    assert "shareProcessNamespace" not in pod_spec(broker)
+    assert list(_containers(broker, "initContainers")) == ["passwords"]
+    assert list(_containers(broker)) == ["mosquitto"]
+    conf = r.get("ConfigMap", name_of("mosquitto"))["data"]["mosquitto.conf"]
+    assert _conf_values(conf, "pid_file") == []
+    assert "/mosquitto/auth/devices.passwd" in _conf_values(conf, "password_file")
+    assert {"device-passwords", "run"}.isdisjoint(_volumes(broker))
+    # Redis is the four services' only.
+    assert _rules(_policy(r, "redis")) == {("redis", "TCP"): set(SERVICES)}
+
+
+def test_credsync_reaches_an_external_redis_with_its_ca(chart: helm_python.Chart) -> None:
+    values = copy.deepcopy(VALUE_SETS["external"])
+    values["mosquitto"] = {"enabled": True}
+    r = render(chart, values)
+    broker = r.get("Deployment", name_of("mosquitto"))
+    for c in (
+        _containers(broker, "initContainers")["credsync-init"],
+        _containers(broker)["credsync"],
+    ):
+        env = _plain_env(c, chart_secrets(r))
+        assert env["MSGIN5G_REDIS_URL"] == "rediss://msgin5g:s3cret@redis.example.net:6380/0"
+        assert env["MSGIN5G_REDIS_CLUSTER"] == "true"
+        assert env["MSGIN5G_REDIS_TLS_CA_FILE"] == "/etc/msgin5g/tls/redis/ca.crt"
+        mounts = {m["name"]: m for m in c["volumeMounts"]}
+        assert mounts["redis-ca"] == {
+            "name": "redis-ca",
+            "mountPath": "/etc/msgin5g/tls/redis",
+            "readOnly": True,
+        }
+    assert _volumes(broker)["redis-ca"]["secret"]["secretName"] == "redis-ca"
+    egress = _policy(r, "mosquitto")["egress"]
+    assert egress == [
+        {
+            "ports": [{"port": 6379, "protocol": "TCP"}],
+            "to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}],
+        }
+    ]
+    for obj in r.objects:
+        kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+
+
 # ----------------------------------------------------------------------------- scaling
 
 
@@ -1013,13 +1347,15 @@ def test_network_policies_deny_by_default_and_allow_only_the_needed_flows(
     assert _rules(_policy(r, "coap-edge")) == {
         ("grpc", "TCP"): {"router"},
         ("coap", "UDP"): None,
+        ("coaps", "UDP"): None,
         ("metrics", "TCP"): {"?"},
     }
     assert _rules(_policy(r, "mqtt-edge")) == {
         ("grpc", "TCP"): {"router"},
         ("metrics", "TCP"): {"?"},
     }
-    assert _rules(_policy(r, "redis")) == {("redis", "TCP"): set(SERVICES)}
+    # The broker's msgin5g-credsync reads the devices' credentials from Redis.
+    assert _rules(_policy(r, "redis")) == {("redis", "TCP"): set(SERVICES) | {"mosquitto"}}
     assert _rules(_policy(r, "mosquitto")) == {
         ("mqtt", "TCP"): None,
         ("mqtt-edge", "TCP"): {"mqtt-edge"},
@@ -1075,6 +1411,9 @@ def test_restricted_egress_allows_dns_and_the_flows_between_the_services(
         ("registry", 50051),
         ("mosquitto", 1884),
     }
+    # The broker's pod reaches Redis (msgin5g-credsync) and nothing else but DNS.
+    assert targets("mosquitto") == {("redis", 6379)}
+    assert "Egress" not in _policy(r, "redis")["policyTypes"]
     external = rendered["external"]
     mqtt_egress = external.get("NetworkPolicy", name_of("mqtt-edge"))["spec"]["egress"]
     assert {"port": 8883, "protocol": "TCP"} in [
@@ -1114,7 +1453,14 @@ def test_coap_edge_service_can_be_a_udp_load_balancer(rendered: dict[str, Render
     assert spec["loadBalancerSourceRanges"] == ["203.0.113.0/24"]
     assert spec["sessionAffinity"] == "ClientIP"
     assert spec["ports"] == [
-        {"name": "coap", "port": 5683, "targetPort": "coap", "protocol": "UDP", "nodePort": 30683}
+        {"name": "coap", "port": 5683, "targetPort": "coap", "protocol": "UDP", "nodePort": 30683},
+        {
+            "name": "coaps",
+            "port": 5684,
+            "targetPort": "coaps",
+            "protocol": "UDP",
+            "nodePort": 30684,
+        },
     ]
     broker = r.get("Service", name_of("mosquitto"))["spec"]
     assert broker["type"] == "LoadBalancer"
@@ -1153,7 +1499,13 @@ def test_notes_tell_how_to_reach_coap_mqtt_and_the_http_api(rendered: dict[str, 
     assert f"port-forward svc/{name_of('registry')} 8080:8080" in notes
     assert f"coap://{name_of('coap-edge')}.{NAMESPACE}.svc:5683" in notes
     assert f"service {name_of('mosquitto')} port 1883" in notes
-    assert "No device credentials are configured yet" in notes
+    assert f"coaps://{name_of('coap-edge')}.{NAMESPACE}.svc:5684" in notes
+    # Device credentials come from the registry (the broker's passwords too).
+    assert "/api/v1/ues/ue-1/credentials" in notes
+    assert "mqttPassword" in notes
+    assert f"get secret {KEK_SECRET} -o yaml" in notes
+    assert "No device credentials are configured yet" not in notes
+    assert "No device credentials are configured yet" in rendered["auth-disabled"].notes
     assert "emqx.example.net:8883" in rendered["external"].notes
 
 
@@ -1188,6 +1540,7 @@ def test_bundled_mosquitto_isolates_devices_and_serves_the_edge(
             "port": device_port,
             "edgePort": edge_port,
             "auth": {
+                "source": "static",
                 "devices": [
                     {"username": "ue-1", "password": "pw-1"},
                     {"username": "ue-2", "password": "pw-2"},

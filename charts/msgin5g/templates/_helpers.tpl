@@ -101,8 +101,8 @@ A password (or key) generated once per render and reused by every template that 
 Secret, the URL built from it, the checksum annotations): kept in the release's values map,
 which all templates share. An existing Secret in the cluster wins, so upgrades keep it.
 dict: root, key (cache key), secret (name of the Secret), field (key in the Secret),
-optional kind: "ecdsa" (a PEM EC P-256 private key) or the default, random letters and digits
-(optional length, 32 by default).
+optional kind: "ecdsa" (a PEM EC P-256 private key), "bytes" (base64 of `length` random
+bytes) or the default, random letters and digits (optional length, 32 by default).
 */}}
 {{- define "msgin5g.generatedPassword" -}}
 {{- $cache := .root.Values -}}
@@ -114,6 +114,8 @@ optional kind: "ecdsa" (a PEM EC P-256 private key) or the default, random lette
 {{- $value = index $existing.data .field | b64dec -}}
 {{- else if eq (get . "kind") "ecdsa" -}}
 {{- $value = genPrivateKey "ecdsa" -}}
+{{- else if eq (get . "kind") "bytes" -}}
+{{- $value = randBytes (int (get . "length" | default 32)) -}}
 {{- else -}}
 {{- $value = randAlphaNum (int (get . "length" | default 32)) -}}
 {{- end -}}
@@ -318,6 +320,52 @@ true
 {{- end -}}
 {{- end -}}
 
+{{/* ---------------------------------------------------------------- device credentials (registry) */}}
+
+{{/* Where the registry's key-encryption key is mounted (one file, `kek`). */}}
+{{- define "msgin5g.kek.dir" -}}
+/etc/msgin5g/credentials
+{{- end -}}
+
+{{- define "msgin5g.kek.chartSecretName" -}}
+{{- include "msgin5g.componentName" (dict "root" . "component" "registry-kek") -}}
+{{- end -}}
+
+{{/* Does the chart itself create (and generate) the KEK Secret? */}}
+{{- define "msgin5g.kek.inChart" -}}
+{{- with .Values.registry.credentials -}}
+{{- if and .enabled (not .existingSecret) }}true{{ end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "msgin5g.kek.secretName" -}}
+{{- .Values.registry.credentials.existingSecret | default (include "msgin5g.kek.chartSecretName" .) -}}
+{{- end -}}
+
+{{/* The KEK (base64 of 32 random bytes): generated at install, then read back (lookup). */}}
+{{- define "msgin5g.kek.value" -}}
+{{- include "msgin5g.generatedPassword" (dict "root" . "key" "credentialsKek" "secret" (include "msgin5g.kek.chartSecretName" .) "field" "kek" "kind" "bytes" "length" 32) -}}
+{{- end -}}
+
+{{- define "msgin5g.kek.volume" -}}
+{{- if .Values.registry.credentials.enabled -}}
+- name: credentials-kek
+  secret:
+    secretName: {{ include "msgin5g.kek.secretName" . }}
+    items:
+      - key: {{ ternary .Values.registry.credentials.existingSecretKey "kek" (not (empty .Values.registry.credentials.existingSecret)) }}
+        path: kek
+{{- end -}}
+{{- end -}}
+
+{{- define "msgin5g.kek.mount" -}}
+{{- if .Values.registry.credentials.enabled -}}
+- name: credentials-kek
+  mountPath: {{ include "msgin5g.kek.dir" . }}
+  readOnly: true
+{{- end -}}
+{{- end -}}
+
 {{/* ---------------------------------------------------------------- AS callbacks (router) */}}
 
 {{- define "msgin5g.asCaVolume" -}}
@@ -381,6 +429,12 @@ MSGIN5G_GRPC_BIND: {{ include "msgin5g.bind" (dict "root" . "port" .Values.regis
 MSGIN5G_ROUTER_ADDR: {{ include "msgin5g.routerAddr" . | quote }}
 MSGIN5G_MIN_LIFETIME: {{ include "msgin5g.num" .Values.config.registry.minLifetime | quote }}
 MSGIN5G_MAX_LIFETIME: {{ include "msgin5g.num" .Values.config.registry.maxLifetime | quote }}
+MSGIN5G_HTTP_MAX_BODY: {{ include "msgin5g.num" .Values.config.registry.httpMaxBody | quote }}
+MSGIN5G_MAX_PAYLOAD: {{ include "msgin5g.num" .Values.config.edge.maxPayload | quote }}
+{{- if .Values.registry.credentials.enabled }}
+MSGIN5G_CREDENTIALS_KEK_FILE: {{ printf "%s/kek" (include "msgin5g.kek.dir" .) | quote }}
+MSGIN5G_CREDENTIALS_GRACE: {{ include "msgin5g.num" .Values.registry.credentials.grace | quote }}
+{{- end }}
 {{- $a := .Values.registry.auth }}
 MSGIN5G_AUTH_ENABLED: {{ $a.enabled | toString | quote }}
 {{- if $a.enabled }}
@@ -437,6 +491,14 @@ MSGIN5G_COAP_PORT: {{ include "msgin5g.num" .Values.coapEdge.coapPort | quote }}
 MSGIN5G_COAP_NOTIFICATION_BYTES: {{ include "msgin5g.num" .Values.config.coapEdge.notificationBytes | quote }}
 MSGIN5G_LEASE_RENEW_INTERVAL: {{ include "msgin5g.num" .Values.config.coapEdge.leaseRenewInterval | quote }}
 MSGIN5G_PUSH_TIMEOUT: {{ include "msgin5g.num" .Values.config.coapEdge.pushTimeout | quote }}
+{{- $sec := .Values.coapEdge.security }}
+MSGIN5G_COAP_INSECURE: {{ $sec.insecure | toString | quote }}
+MSGIN5G_COAP_OSCORE: {{ $sec.oscore | toString | quote }}
+MSGIN5G_COAP_DTLS: {{ ne (int $sec.dtlsPort) 0 | toString | quote }}
+MSGIN5G_COAP_DTLS_PORT: {{ include "msgin5g.num" $sec.dtlsPort | quote }}
+MSGIN5G_COAP_DTLS_MAX_SESSIONS: {{ include "msgin5g.num" $sec.dtlsMaxSessions | quote }}
+MSGIN5G_COAP_DTLS_IDLE_TIMEOUT: {{ include "msgin5g.num" $sec.dtlsIdleTimeout | quote }}
+MSGIN5G_COAP_KEYS_TTL: {{ include "msgin5g.num" $sec.keysTtl | quote }}
 {{- end -}}
 
 {{- define "msgin5g.config.mqttEdge" -}}
@@ -462,6 +524,8 @@ MSGIN5G_MQTT_SESSION_EXPIRY: {{ include "msgin5g.num" $c.sessionExpiry | quote }
 MSGIN5G_MQTT_AGGREGATE_BYTES: {{ include "msgin5g.num" $c.aggregateBytes | quote }}
 MSGIN5G_MQTT_KEEPALIVE: {{ include "msgin5g.num" $c.keepalive | quote }}
 MSGIN5G_MQTT_WORKERS: {{ include "msgin5g.num" $c.workers | quote }}
+MSGIN5G_MQTT_UE_BACKLOG: {{ include "msgin5g.num" $c.ueBacklog | quote }}
+MSGIN5G_MQTT_BACKLOG_BYTES: {{ include "msgin5g.num" $c.backlogBytes | quote }}
 {{- end -}}
 
 {{/* ---------------------------------------------------------------- pods */}}
@@ -782,8 +846,13 @@ save ""
 {{/* mosquitto.conf of the bundled broker. */}}
 {{- define "msgin5g.mosquitto.conf" -}}
 {{- $m := .Values.mosquitto -}}
+{{- $devicesPasswd := include "msgin5g.mosquitto.devicesPasswdFile" . -}}
 # Authentication and ACLs are set per listener: devices and the mqtt-edge never share them.
 per_listener_settings true
+{{- if include "msgin5g.mosquitto.fromRegistry" . }}
+# msgin5g-credsync (a sidecar) rewrites the devices' password file and sends SIGHUP here.
+pid_file /mosquitto/run/mosquitto.pid
+{{- end }}
 persistence true
 persistence_location /mosquitto/data/
 autosave_interval 60
@@ -802,7 +871,7 @@ listener {{ include "msgin5g.num" $m.port }}
 protocol mqtt
 allow_anonymous false
 use_username_as_clientid true
-password_file /mosquitto/auth/devices.passwd
+password_file {{ $devicesPasswd }}
 acl_file /mosquitto/auth/devices.acl
 {{- if $m.tls.enabled }}
 
@@ -811,7 +880,7 @@ listener {{ include "msgin5g.num" $m.tls.port }}
 protocol mqtt
 allow_anonymous false
 use_username_as_clientid true
-password_file /mosquitto/auth/devices.passwd
+password_file {{ $devicesPasswd }}
 acl_file /mosquitto/auth/devices.acl
 certfile /mosquitto/auth/tls.crt
 keyfile /mosquitto/auth/tls.key
@@ -840,6 +909,51 @@ user {{ .Values.mosquitto.auth.edge.username }}
 topic read {{ $p }}/up/#
 topic read $share/{{ .Values.config.mqttEdge.shareGroup }}/{{ $p }}/up/#
 topic write {{ $p }}/ue/#
+{{- end -}}
+
+{{/* Do the devices' passwords come from the registry (msgin5g-credsync)? */}}
+{{- define "msgin5g.mosquitto.fromRegistry" -}}
+{{- if eq .Values.mosquitto.auth.source "registry" }}true{{ end -}}
+{{- end -}}
+
+{{/* Are there static device accounts (a Secret of `username:password` lines)? */}}
+{{- define "msgin5g.mosquitto.staticDevices" -}}
+{{- with .Values.mosquitto.auth -}}
+{{- if or (eq .source "static") .devices .devicesExistingSecret }}true{{ end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The password file of the device listeners, as Mosquitto reads it. */}}
+{{- define "msgin5g.mosquitto.devicesPasswdFile" -}}
+{{- if include "msgin5g.mosquitto.fromRegistry" . -}}
+/mosquitto/devices/devices.passwd
+{{- else -}}
+/mosquitto/auth/devices.passwd
+{{- end -}}
+{{- end -}}
+
+{{/*
+Environment of msgin5g-credsync (init container and sidecar): the Redis settings the registry
+gets, and where the password file and the static accounts are.
+*/}}
+{{- define "msgin5g.credsync.env" -}}
+- name: MSGIN5G_LOG_LEVEL
+  value: {{ .Values.config.logLevel | quote }}
+- name: MSGIN5G_REDIS_PREFIX
+  value: {{ .Values.config.redisPrefix | quote }}
+- name: MSGIN5G_REDIS_CLUSTER
+  value: {{ and (not .Values.redis.enabled) .Values.externalRedis.cluster | toString | quote }}
+{{- if and (not .Values.redis.enabled) .Values.externalRedis.tls.enabled .Values.externalRedis.tls.existingCaSecret }}
+- name: MSGIN5G_REDIS_TLS_CA_FILE
+  value: "/etc/msgin5g/tls/redis/ca.crt"
+{{- end }}
+{{ include "msgin5g.redisEnv" . | trim }}
+- name: MSGIN5G_CREDSYNC_PASSWORD_FILE
+  value: "/mosquitto/devices/devices.passwd"
+{{- if include "msgin5g.mosquitto.staticDevices" . }}
+- name: MSGIN5G_CREDSYNC_SERVICE_USERS_FILE
+  value: "/mosquitto/devices/static.passwd"
+{{- end }}
 {{- end -}}
 
 {{/* The devices' password file (plain text; hashed by the init container). */}}

@@ -21,6 +21,20 @@ session opened with it is closed on that reload; the device reconnects with the 
 A ueSvcId that Mosquitto cannot take as a username (a ``:``, or ``+``/``#``, which its ACL
 patterns refuse) is left out and counted in the logs.
 
+More fixed accounts can come from ``MSGIN5G_CREDSYNC_SERVICE_USERS_FILE``: a Mosquitto
+password file (``username:$7$...`` lines, as ``mosquitto_passwd`` writes them), read once at
+start; the JSON setting wins for a name in both.
+
+``msgin5g-credsync --once`` writes the file from the whole state and exits: 0 once it is
+written, 1 when Redis has not answered within ``MSGIN5G_CREDSYNC_ONCE_TIMEOUT`` seconds (or
+the file cannot be written). It signals Mosquitto only when a pid (file) is set. Kubernetes
+runs it as an init container of the broker's pod, so that the broker starts with every
+device's password, and restarts it until it succeeds.
+
+The following process touches ``MSGIN5G_CREDSYNC_HEALTH_FILE`` (when set) after each pass of
+its loop, whether Redis answered or not: the file's age shows that the loop is not stuck (a
+liveness probe); "sync failed" warnings show that Redis is not answering.
+
 The process needs no key-encryption key: it reads hashes only, never a wrapped secret. It
 must run as the user Mosquitto runs as (the file is 0600), sharing the file's folder; in
 Kubernetes a sidecar of the broker's pod sharing its process namespace. Logs carry counts and
@@ -29,6 +43,7 @@ versions, never a hash.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -44,10 +59,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from msgin5g_common import redisutil, service
+from msgin5g_common import logs, redisutil, service
 from msgin5g_common.keys import Keys
 from msgin5g_common.settings import CommonSettings
 from msgin5g_registry.credentials import KEK_BYTES, CredentialStore
@@ -74,6 +90,12 @@ class CredsyncSettings(CommonSettings):
     credsync_mosquitto_pid: int = 0
     # JSON {"username": "$7$..."}: fixed accounts (the mqtt-edge's) always in the file.
     credsync_service_users: str = ""
+    # A Mosquitto password file (username:$7$... lines) of more fixed accounts, read at start.
+    credsync_service_users_file: str = ""
+    # --once: seconds to keep trying Redis before giving up (exit status 1).
+    credsync_once_timeout: float = Field(default=30.0, gt=0)
+    # Touched after each pass of the loop (a liveness probe checks its age); empty: none.
+    credsync_health_file: str = ""
 
 
 def parse_service_users(text: str) -> dict[str, str]:
@@ -91,14 +113,47 @@ def parse_service_users(text: str) -> dict[str, str]:
         )
     users: dict[str, str] = {}
     for name, hashed in doc.items():
-        if not valid_username(name):
-            raise ValueError(f"MSGIN5G_CREDSYNC_SERVICE_USERS: bad username {name!r}")
-        if not isinstance(hashed, str) or not hashed.startswith(_HASH_SCHEMES) or "\n" in hashed:
-            raise ValueError(
-                f"MSGIN5G_CREDSYNC_SERVICE_USERS: {name}: not a Mosquitto $7$ (or $6$) hash"
-            )
+        _check_service_user("MSGIN5G_CREDSYNC_SERVICE_USERS", name, hashed)
         users[name] = hashed
     return users
+
+
+def parse_password_file(text: str, source: str) -> dict[str, str]:
+    """Fixed accounts from a Mosquitto password file (``username:hash`` lines; blank lines
+    and ``#`` comments are skipped); ValueError names the line of a bad one (never its hash)."""
+    users: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, colon, hashed = line.partition(":")
+        if not colon:
+            raise ValueError(f"{source}: line {number}: not username:hash")
+        _check_service_user(f"{source}: line {number}", name, hashed)
+        users[name] = hashed
+    return users
+
+
+def load_service_users(settings: CredsyncSettings) -> dict[str, str]:
+    """Every fixed account of the settings: the file's, then the JSON setting's (which wins)."""
+    users: dict[str, str] = {}
+    if path := settings.credsync_service_users_file:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(
+                f"MSGIN5G_CREDSYNC_SERVICE_USERS_FILE ({path}): cannot read it ({exc.strerror})"
+            ) from None
+        users.update(parse_password_file(text, f"MSGIN5G_CREDSYNC_SERVICE_USERS_FILE ({path})"))
+    users.update(parse_service_users(settings.credsync_service_users))
+    return users
+
+
+def _check_service_user(source: str, name: str, hashed: object) -> None:
+    if not valid_username(name):
+        raise ValueError(f"{source}: bad username {name!r}")
+    if not isinstance(hashed, str) or not hashed.startswith(_HASH_SCHEMES) or "\n" in hashed:
+        raise ValueError(f"{source}: {name}: not a Mosquitto $7$ (or $6$) hash")
 
 
 def valid_username(name: str) -> bool:
@@ -263,13 +318,14 @@ async def follow(
 ) -> None:
     """Syncs until ``stop``: at start, every interval, and on each revocation."""
     path = Path(settings.credsync_password_file)
-    service_users = parse_service_users(settings.credsync_service_users)
+    service_users = load_service_users(settings)
     if reload is None:
         if not settings.credsync_mosquitto_pid and not settings.credsync_mosquitto_pid_file:
             log.warning("no mosquitto pid set: the file is written, the broker not reloaded")
         reload = mosquitto_reloader(
             settings.credsync_mosquitto_pid, settings.credsync_mosquitto_pid_file
         )
+    health = Path(settings.credsync_health_file) if settings.credsync_health_file else None
     state = SyncState()
     wake = asyncio.Event()
     watcher = asyncio.create_task(_watch_revocations(store, wake))
@@ -285,6 +341,8 @@ async def follow(
                 if first:
                     service.ready(passwordFile=str(path), users=result.users)
                     first = False
+            if health is not None:
+                _touch(health)
             stopping = asyncio.ensure_future(stop.wait())
             woken = asyncio.ensure_future(wake.wait())
             try:
@@ -308,8 +366,82 @@ def store_for(redis: Redis, settings: CommonSettings) -> CredentialStore:
     return CredentialStore(redis, Keys(settings.redis_prefix), secrets.token_bytes(KEK_BYTES))
 
 
+def _touch(path: Path) -> None:
+    try:
+        path.touch()
+    except OSError as exc:
+        log.warning("health file not touched", extra={"path": str(path), "error": str(exc)})
+
+
+async def once(settings: CredsyncSettings, *, reload: Reloader | None = None) -> SyncResult:
+    """``--once``: writes the file from the whole state. Retries while Redis does not answer,
+    for ``credsync_once_timeout`` seconds; then raises the last error (a RedisError, or
+    TimeoutError when a try did not end in time). Mosquitto is signalled when a pid is set."""
+    path = Path(settings.credsync_password_file)
+    service_users = load_service_users(settings)
+    if reload is None:
+        reload = mosquitto_reloader(
+            settings.credsync_mosquitto_pid, settings.credsync_mosquitto_pid_file
+        )
+        if not settings.credsync_mosquitto_pid and not settings.credsync_mosquitto_pid_file:
+            reload = _no_reload
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.credsync_once_timeout
+    delay = 0.2
+    redis = redisutil.connect(settings.redis_url, max_connections=2)
+    try:
+        store = store_for(redis, settings)
+        last: RedisError | TimeoutError | None = None
+        while True:
+            try:
+                # A Redis behind a dropping firewall would block a connect for minutes.
+                async with asyncio.timeout(max(deadline - loop.time(), 0.5)):
+                    return await sync_once(store, SyncState(), path, service_users, reload)
+            except (RedisError, TimeoutError) as exc:
+                if isinstance(exc, RedisError) or last is None:
+                    last = exc  # a timeout says less than the Redis error before it
+                if loop.time() + delay >= deadline:
+                    raise last from None
+                log.warning("waiting for redis", extra={"error": str(exc), "retryIn": delay})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+    finally:
+        await redis.aclose()
+
+
+def _no_reload() -> bool:
+    return False
+
+
+def run_once(settings: CredsyncSettings) -> int:
+    """``msgin5g-credsync --once``: the exit status (0: written; 1: not)."""
+    logs.configure("credsync", settings.log_level)
+    result: SyncResult | None = None
+    error = ""
+    try:
+        result = asyncio.run(once(settings))
+    except (RedisError, TimeoutError) as exc:
+        error = f"redis did not answer within {settings.credsync_once_timeout:g} s: "
+        error += str(exc) or type(exc).__name__
+    except (OSError, ValueError) as exc:
+        error = str(exc)
+    if result is None:
+        # Expected failures: one line saying why, no traceback.
+        log.error("password file not written", extra={"error": error})
+        return 1
+    log.info(
+        "synced once",
+        extra={
+            "passwordFile": settings.credsync_password_file,
+            "users": result.users,
+            "version": result.version,
+        },
+    )
+    return 0
+
+
 async def serve(settings: CredsyncSettings, stop: asyncio.Event) -> None:
-    parse_service_users(settings.credsync_service_users)  # a bad setting stops us at once
+    load_service_users(settings)  # a bad setting stops us at once
     redis = redisutil.connect(settings.redis_url, max_connections=8)
     try:
         if not await redisutil.wait_until_up(redis, stop):
@@ -319,8 +451,22 @@ async def serve(settings: CredsyncSettings, stop: asyncio.Event) -> None:
         await redis.aclose()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="msgin5g-credsync",
+        description="Keeps a Mosquitto password file in step with the registry's device "
+        "credentials (settings: MSGIN5G_CREDSYNC_* and the Redis ones).",
+    )
+    parser.add_argument(
+        "--once",
+        action="store_true",
+        help="write the file from the whole state and exit (1 when Redis does not answer "
+        "within MSGIN5G_CREDSYNC_ONCE_TIMEOUT seconds)",
+    )
+    args = parser.parse_args(argv)
     settings = CredsyncSettings()
+    if args.once:
+        raise SystemExit(run_once(settings))
     service.run("credsync", settings.log_level, partial(serve, settings))
 
 
