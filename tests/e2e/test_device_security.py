@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -28,7 +29,7 @@ from aiocoap.numbers.codes import Code
 from msgin5g_client import CoapUe, MqttUe, write_oscore_context
 from msgin5g_client.common import build_msg
 from msgin5g_common import header as h
-from msgin5g_devstack.stack import Stack
+from msgin5g_devstack.stack import Stack, free_port
 from tests.conftest import new_ue_id, stack_config
 
 pytestmark = pytest.mark.e2e
@@ -106,9 +107,12 @@ async def coap_client(
         stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 20)
-    # libcoap's own log lines ("Nov 26 19:12:23.307 ERR ...") go to stdout too.
-    answer = [line for line in out.decode().splitlines() if not _LIBCOAP_LOG.match(line)]
-    return "\n".join(answer).strip(), err.decode().strip()
+    # libcoap's own log lines ("Nov 26 19:12:23.307 ERR ...") go to stdout too: they are
+    # returned with stderr.
+    lines = out.decode().splitlines()
+    answer = [line for line in lines if not _LIBCOAP_LOG.match(line)]
+    logs = [line for line in lines if _LIBCOAP_LOG.match(line)]
+    return "\n".join(answer).strip(), "\n".join([err.decode().strip(), *logs]).strip()
 
 
 _LIBCOAP_LOG = re.compile(r"^[A-Z][a-z]{2} +\d+ \d\d:\d\d:\d\d")
@@ -244,12 +248,17 @@ async def test_two_identities_from_one_address_each_get_a_session(secure: Stack)
     (or a restarted one) could not handshake again."""
     a, b = new_ue_id("nat-a"), new_ue_id("nat-b")
     ca, cb = await issue(secure, a), await issue(secure, b)
-    local = str(secure.ports.coap_edge_grpc % 20000 + 40000)  # a fixed client port
-    out, _ = await coap_client(secure, a, ca["psk"], "post", "reg", reg(a), "-p", local)
+    # One client port for all three requests (a free one: a port in use makes coap-client
+    # fail before it sends anything).
+    local = str(free_port(socket.SOCK_DGRAM))
+    out, err = await coap_client(secure, a, ca["psk"], "post", "reg", reg(a), "-p", local)
+    assert out, err
     assert json.loads(out)["result"] == "SUCCESS"
-    out, _ = await coap_client(secure, b, cb["psk"], "post", "reg", reg(b), "-p", local)
+    out, err = await coap_client(secure, b, cb["psk"], "post", "reg", reg(b), "-p", local)
+    assert out, err
     assert json.loads(out)["result"] == "SUCCESS"
-    out, _ = await coap_client(secure, a, ca["psk"], "get", f"inbox/{a}", "", "-p", local)
+    out, err = await coap_client(secure, a, ca["psk"], "get", f"inbox/{a}", "", "-p", local)
+    assert out, err
     assert json.loads(out) == []
 
 

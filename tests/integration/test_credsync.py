@@ -1,6 +1,7 @@
 """The broker authenticates devices from the registry's credentials (credsync.py), against a
 real Redis and a real Mosquitto that reads the synced password file: a device connects with
-its own username and password and publishes on its own uplink topic, a wrong password and
+its own username and password and publishes on its own uplink topic, reads neither another's
+downlink nor takes over its session with its client id, a wrong password and
 anonymous clients are refused, a revocation closes the device's live session and a rotation
 retires the previous password. ``msgin5g-credsync --once`` writes the whole state and exits
 (1 when Redis does not answer). The Helm chart's broker pod (charts/msgin5g, default values)
@@ -94,12 +95,15 @@ class Broker:
         await asyncio.wait_for(reloaded, TIMEOUT)
         return result
 
-    def client(self, username: str | None, password: str | None) -> aiomqtt.Client:
+    def client(
+        self, username: str | None, password: str | None, identifier: str | None = None
+    ) -> aiomqtt.Client:
         return aiomqtt.Client(
             HOST,
             self.port,
             username=username,
             password=password,
+            identifier=identifier,
             protocol=aiomqtt.ProtocolVersion.V5,
             timeout=TIMEOUT,
         )
@@ -220,6 +224,33 @@ async def test_devices_authenticate_with_their_registry_credentials(broker: Brok
             broker.store, broker.state, broker.password_file, SERVICE_USERS, broker.reload
         )
         assert (quiet.changed, quiet.written, quiet.reloaded) == (0, False, False)
+
+
+async def test_a_device_cannot_read_for_another_nor_take_its_client_id(broker: Broker) -> None:
+    a = await broker.store.issue("ue-a")
+    b = await broker.store.issue("ue-b")
+    await broker.sync()
+    async with AsyncExitStack() as exits:
+        edge = await connect(exits, broker.client(EDGE_USER, EDGE_PASSWORD))
+        device_b = await connect(exits, broker.client("ue-b", b.mqtt_password, "ue-b"))
+        await device_b.subscribe("msgin5g/ue/ue-b", qos=1)
+        # ue-a connects with ue-b's client id: the broker uses its username instead, so
+        # ue-b's session is not taken over.
+        device_a = await connect(exits, broker.client("ue-a", a.mqtt_password, "ue-b"))
+        await device_a.subscribe("msgin5g/ue/ue-a", qos=1)
+        # Subscribing to ue-b's downlink (and to everything) gets it nothing.
+        await device_a.subscribe("msgin5g/ue/ue-b", qos=1)
+        await device_a.subscribe("msgin5g/#", qos=1)
+
+        await edge.publish("msgin5g/ue/ue-b", b"for b", qos=1)
+        await edge.publish("msgin5g/ue/ue-a", b"for a", qos=1)
+        # One publisher, QoS 1: the broker hands them on in order, so a's first message
+        # being its own shows that b's was not delivered to it.
+        got_a = await asyncio.wait_for(anext(aiter(device_a.messages)), TIMEOUT)
+        assert (str(got_a.topic), got_a.payload) == ("msgin5g/ue/ue-a", b"for a")
+        # ue-b is still connected (a taken-over session would end its message stream).
+        got_b = await asyncio.wait_for(anext(aiter(device_b.messages)), TIMEOUT)
+        assert (str(got_b.topic), got_b.payload) == ("msgin5g/ue/ue-b", b"for b")
 
 
 async def test_a_rotation_retires_the_previous_password_at_the_next_sync(broker: Broker) -> None:
