@@ -71,6 +71,8 @@ class Recipient:
         self.ue = ue
         self.accepted: set[str] = accepted if accepted is not None else set()
         self.handed: list[str] = []
+        # msgIds handed over and acknowledged (or whose acknowledgement failed): done with.
+        self.settled: set[str] = set()
         self._changed = asyncio.Event()
         self._observing = asyncio.Event()
         self._collector: asyncio.Task[None] | None = None
@@ -122,11 +124,16 @@ class Recipient:
                 continue
             self._hand(doc)
             await self._ack(doc)
+            self._settle(doc)
             self._changed.set()
 
     def _hand(self, doc: DownlinkDoc) -> None:
         if isinstance(doc, h.Msg):
             self.handed.append(doc.msg_id)
+
+    def _settle(self, doc: DownlinkDoc) -> None:
+        if isinstance(doc, h.Msg):
+            self.settled.add(doc.msg_id)
 
     async def _ack(self, doc: DownlinkDoc) -> None:
         if isinstance(self.ue, CoapUe):
@@ -160,6 +167,7 @@ class Recipient:
                 if self.ue.seen.first_time(doc):
                     self._hand(doc)
                 await self.ue.ack(doc)
+                self._settle(doc)
             self._changed.set()
 
     async def until_all_accepted_arrived(self) -> None:
@@ -168,7 +176,9 @@ class Recipient:
             await self._changed.wait()
 
     async def until_handed(self, msg_id: str) -> None:
-        while msg_id not in self.handed:
+        """Until the application has the message and the device has acknowledged it (the
+        collector may hand a message over while an earlier wake-up is still on its way)."""
+        while msg_id not in self.settled:
             self._changed.clear()
             await self._changed.wait()
 
