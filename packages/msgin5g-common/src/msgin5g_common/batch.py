@@ -21,8 +21,8 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, TypeVar
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, Generic, TypeVar
 
 import grpc
 
@@ -148,6 +148,16 @@ _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 def item_failed(code: int, details: str) -> ItemFailed:
     return ItemFailed(_CODES.get(code, grpc.StatusCode.UNKNOWN), details)
+
+
+def outcomes(results: Iterable[Any]) -> list[Any]:
+    """The items of a batched answer (``*Result`` messages: a ``response`` or an ``error``
+    with a status code and details) as BatchedCall's ``batched`` returns them: each item's
+    response, or the ItemFailed its error stands for."""
+    return [
+        item_failed(r.error.code, r.error.details) if r.HasField("error") else r.response
+        for r in results
+    ]
 
 
 def status_of(exc: BaseException) -> tuple[int, str]:

@@ -22,7 +22,7 @@ from msgin5g.v1 import router_pb2 as rpb
 from msgin5g.v1 import router_pb2_grpc as rgrpc
 from msgin5g_common import convert, metrics
 from msgin5g_common import header as h
-from msgin5g_common.batch import BatchedCall, closed_channel, item_failed
+from msgin5g_common.batch import BatchedCall, closed_channel, outcomes
 from msgin5g_common.errors import Cause, InvalidDocument, Msgin5gError, Overloaded, error_for
 from msgin5g_common.grpcutil import channel
 from msgin5g_common.ratelimit import RateLimited, UeLimits
@@ -109,10 +109,7 @@ class UplinkHandler:
         reply = await self.router.SubmitMessages(
             rpb.SubmitMessagesRequest(requests=requests), timeout=self.timeout
         )
-        return [
-            item_failed(r.error.code, r.error.details) if r.HasField("error") else r.response
-            for r in reply.results
-        ]
+        return outcomes(reply.results)
 
     async def _ack_one(self, request: rpb.AcknowledgeRequest) -> rpb.AcknowledgeResponse:
         return await self.router.Acknowledge(request, timeout=self.timeout)
@@ -123,10 +120,7 @@ class UplinkHandler:
         reply = await self.router.AcknowledgeMany(
             rpb.AcknowledgeManyRequest(requests=requests), timeout=self.timeout
         )
-        return [
-            item_failed(r.error.code, r.error.details) if r.HasField("error") else r.response
-            for r in reply.results
-        ]
+        return outcomes(reply.results)
 
     async def handle(self, doc: h.Uplink) -> Reply:
         """Serves one uplink document; infrastructure failures become OVERLOADED replies,

@@ -22,7 +22,7 @@ from msgin5g.v1 import common_pb2 as pb
 from msgin5g.v1 import edge_pb2 as epb
 from msgin5g.v1 import edge_pb2_grpc as egrpc
 from msgin5g_common import metrics
-from msgin5g_common.batch import BatchedCall, ItemFailed, closed_channel, item_failed
+from msgin5g_common.batch import BatchedCall, ItemFailed, closed_channel, outcomes
 from msgin5g_common.grpcutil import channel
 from msgin5g_common.keys import address_key_of, as_of
 from msgin5g_router.appservers import AppServers, Outcome
@@ -76,10 +76,7 @@ class EdgeClient:
         reply = await self.batch_stub.DeliverMany(
             epb.DeliverManyRequest(requests=requests), timeout=self.timeout
         )
-        return [
-            item_failed(r.error.code, r.error.details) if r.HasField("error") else r.response
-            for r in reply.results
-        ]
+        return outcomes(reply.results)
 
     async def close(self) -> None:
         self.deliver.close(closed_channel())

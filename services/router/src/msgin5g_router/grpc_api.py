@@ -6,7 +6,8 @@ import asyncio
 import json
 import logging
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
 import grpc
 
@@ -48,6 +49,11 @@ class Refused(Exception):
         self.details = details
 
 
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Res = TypeVar("Res")
+
+
 def _item_error(outcome: BaseException) -> rpb.ItemError:
     """How an item of a batched call that raised is answered: as its unary call would have
     been (an unexpected exception: UNKNOWN, and logged)."""
@@ -60,6 +66,20 @@ def _item_error(outcome: BaseException) -> rpb.ItemError:
         code=grpc.StatusCode.UNKNOWN.value[0],
         details=f"Unexpected {type(outcome).__name__}: {outcome}",
     )
+
+
+async def _each(
+    items: Iterable[Req], handle: Callable[[Req], Awaitable[Resp]], result: Callable[..., Res]
+) -> list[Res]:
+    """The items of a batched call, each handled as its unary call, all at once; one
+    ``result`` (a ``*Result`` message) per item: its response or its ItemError."""
+    outcomes = await asyncio.gather(*(handle(item) for item in items), return_exceptions=True)
+    return [
+        result(error=_item_error(outcome))
+        if isinstance(outcome, BaseException)
+        else result(response=outcome)
+        for outcome in outcomes
+    ]
 
 
 def _failed(msg_id: str, cause: Cause, detail: str) -> rpb.SubmitMessageResponse:
@@ -143,17 +163,8 @@ class RouterServicer(rgrpc.RouterServiceServicer):
     ) -> rpb.SubmitMessagesResponse:
         """Every item as SubmitMessage, all at once: their Redis work goes in shared round
         trips (RouterStore's AutoPipeline); each answer only once its item is stored."""
-        outcomes = await asyncio.gather(
-            *(self.submit_message(item) for item in request.requests), return_exceptions=True
-        )
-        return rpb.SubmitMessagesResponse(
-            results=[
-                rpb.SubmitMessageResult(error=_item_error(outcome))
-                if isinstance(outcome, BaseException)
-                else rpb.SubmitMessageResult(response=outcome)
-                for outcome in outcomes
-            ]
-        )
+        results = await _each(request.requests, self.submit_message, rpb.SubmitMessageResult)
+        return rpb.SubmitMessagesResponse(results=results)
 
     async def submit_message(self, request: rpb.SubmitMessageRequest) -> rpb.SubmitMessageResponse:
         """SubmitMessage; raises Refused for a request to refuse as a whole."""
@@ -462,17 +473,8 @@ class RouterServicer(rgrpc.RouterServiceServicer):
         self, request: rpb.AcknowledgeManyRequest, context: Context
     ) -> rpb.AcknowledgeManyResponse:
         """Every item as Acknowledge, all at once (as SubmitMessages)."""
-        outcomes = await asyncio.gather(
-            *(self.acknowledge(item) for item in request.requests), return_exceptions=True
-        )
-        return rpb.AcknowledgeManyResponse(
-            results=[
-                rpb.AcknowledgeResult(error=_item_error(outcome))
-                if isinstance(outcome, BaseException)
-                else rpb.AcknowledgeResult(response=outcome)
-                for outcome in outcomes
-            ]
-        )
+        results = await _each(request.requests, self.acknowledge, rpb.AcknowledgeResult)
+        return rpb.AcknowledgeManyResponse(results=results)
 
     async def acknowledge(self, request: rpb.AcknowledgeRequest) -> rpb.AcknowledgeResponse:
         """Acknowledge; raises Refused for a request to refuse as a whole."""
