@@ -9,7 +9,8 @@ UDP observers on loopback:
   first is acknowledged, and afterwards the server holds no exchange, backlog or index entry;
 - acknowledging N outstanding notifications compares peer addresses O(N) times, not O(N^2)
   (counted, not timed);
-- an ICMP error from a vanished observer ends that peer's exchanges only.
+- an ICMP error from a vanished observer ends that peer's exchanges only;
+- serving a request builds no repr of its message (aiocoap named each task with one).
 """
 
 from __future__ import annotations
@@ -265,3 +266,21 @@ async def test_an_icmp_error_ends_the_exchanges_of_that_peer_only() -> None:
             observer.ack(observer.notifications[1][0])
         await watch.until(lambda: not exchanges)
         assert exchanges.by_remote == {}
+
+
+async def test_serving_a_request_formats_no_message() -> None:
+    """aiocoap named every request's task with a repr of the whole message (and its peer)."""
+    calls = [0]
+    original = aiocoap.Message.__repr__
+
+    def counted(self: Any) -> Any:
+        calls[0] += 1
+        return original(self)
+
+    async with _server(1) as (_counters, _manager, port, _watch):
+        aiocoap.Message.__repr__ = counted
+        try:
+            await _observers(port, 1)  # one CON GET, answered
+        finally:
+            aiocoap.Message.__repr__ = original
+    assert calls[0] == 0

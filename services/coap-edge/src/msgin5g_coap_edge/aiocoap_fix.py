@@ -58,6 +58,14 @@ acknowledgements (its socket buffer overflowed meanwhile, so some came again onl
 retransmission), 0.77 s and 0.16-0.18 s with the index. tests/integration/
 test_aiocoap_exchanges.py counts the address comparisons: 83,000 for 400 observers without
 the index, under 4,000 with it.
+
+Task names
+----------
+``Context.render_to_pipe`` names the task of every incoming request ``"Rendering for %r" %
+request``: a full ``repr`` of the message and its peer address, built for every request and
+read only by debuggers. The copy here uses a fixed name; measured with a trivial resource
+(3,000 GETs, 20 at a time, from another process): 245-269 -> 218-248 us of server CPU per
+request.
 """
 
 from __future__ import annotations
@@ -72,6 +80,7 @@ from aiocoap import messagemanager as _aiocoap_mm  # type: ignore[import-untyped
 # unused-ignore: the workspace mypy configuration already sets ignore_missing_imports.
 from aiocoap import meta as _aiocoap_meta  # type: ignore[import-untyped, unused-ignore]
 from aiocoap import pipe as _aiocoap_pipe  # type: ignore[import-untyped, unused-ignore]
+from aiocoap import protocol as _aiocoap_protocol  # type: ignore[import-untyped, unused-ignore]
 from aiocoap.util.asyncio import (  # type: ignore[import-untyped, unused-ignore]
     recvmsg as _aiocoap_recvmsg,
 )
@@ -261,6 +270,15 @@ def _dispatch_error(self: Any, error: Any, remote: Any) -> None:
     self._backlogs.pop(remote, ())
 
 
+def _render_to_pipe(self: Any, pipe: Any) -> None:
+    """``Context.render_to_pipe`` of aiocoap 0.4.17 with a fixed task name."""
+    _aiocoap_pipe.run_driving_pipe(
+        _aiocoap_pipe.error_to_message(pipe, self.log),
+        self._render_to_pipe(pipe),
+        name="Rendering a request",
+    )
+
+
 def is_applied() -> bool:
     """Whether :func:`apply` has patched the loaded aiocoap."""
     transport_cls = _aiocoap_recvmsg.RecvmsgSelectorDatagramTransport
@@ -284,7 +302,8 @@ def apply() -> None:
         return
     if is_applied():
         return
-    for function in (_sendmsg, _add_event, _mm_init, _continue_backlog, _dispatch_error):
+    patches = (_sendmsg, _add_event, _mm_init, _continue_backlog, _dispatch_error, _render_to_pipe)
+    for function in patches:
         setattr(function, _MARKER, True)
     _aiocoap_recvmsg.RecvmsgSelectorDatagramTransport.sendmsg = _sendmsg
     _aiocoap_pipe.Pipe._add_event = _add_event
@@ -292,4 +311,5 @@ def apply() -> None:
     manager.__init__ = _mm_init
     manager._continue_backlog = _continue_backlog
     manager.dispatch_error = _dispatch_error
-    _LOG.debug("Patched aiocoap %s against vanished observers", installed)
+    _aiocoap_protocol.Context.render_to_pipe = _render_to_pipe
+    _LOG.debug("Patched aiocoap %s (vanished observers, exchange index, task names)", installed)
