@@ -184,9 +184,7 @@ class Stack:
         path = self.data_dir / "credentials.kek"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
+            _private(path, base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
         return path
 
     @property

@@ -230,8 +230,8 @@ class CoapApi(resource.Resource, interfaces.ObservableResource, resource.PathCap
     async def _route(self, request: Message) -> Message:
         path = request.opt.uri_path
         code = request.code
-        if self.require_auth and claimed_ue(request.remote) is None:
-            self._authorize(request, "")  # 4.01 before anything is parsed
+        if claimed_ue(request.remote) is None:
+            self._authorize(request, "")  # where credentials are required: 4.01 before parsing
         match path:
             case ("reg",):
                 _expect(code, Code.POST)

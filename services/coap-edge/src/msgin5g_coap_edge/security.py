@@ -66,6 +66,11 @@ class DeviceClaim:
     generation: int
 
 
+def _oscore_request(kid: bytes) -> rpb.GetDeviceKeysRequest:
+    """The registry call for an OSCORE context: its keys and a block of sequence numbers."""
+    return rpb.GetDeviceKeysRequest(oscore_kid=kid, oscore_sequence_block=OSCORE_SEQUENCE_BLOCK)
+
+
 def claimed_ue(remote: Any) -> str | None:
     """The UE a request's sender proved to be, None for an unauthenticated request."""
     for claim in getattr(remote, "authenticated_claims", None) or ():
@@ -257,10 +262,7 @@ class DeviceKeys:
         return await self._once(("oscore", kid), lambda: self._fetch_oscore(kid))  # type: ignore[no-any-return]
 
     async def _fetch_oscore(self, kid: bytes) -> DeviceOscoreContext | None:
-        request = rpb.GetDeviceKeysRequest(
-            oscore_kid=kid, oscore_sequence_block=OSCORE_SEQUENCE_BLOCK
-        )
-        reply = await self._ask(request, kid.hex())
+        reply = await self._ask(_oscore_request(kid), kid.hex())
         if reply is None or not reply.HasField("oscore"):
             self._store(self._oscore, kid, self._clock())
             return None
@@ -278,10 +280,7 @@ class DeviceKeys:
 
     async def _reserve(self, context: DeviceOscoreContext) -> None:
         try:
-            request = rpb.GetDeviceKeysRequest(
-                oscore_kid=context.recipient_id, oscore_sequence_block=OSCORE_SEQUENCE_BLOCK
-            )
-            reply = await self._ask(request, context.ue_svc_id)
+            reply = await self._ask(_oscore_request(context.recipient_id), context.ue_svc_id)
             if reply is not None and reply.HasField("oscore"):
                 context.take_block(reply.oscore.sequence_start, reply.oscore.sequence_end)
         finally:
